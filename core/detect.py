@@ -1,0 +1,122 @@
+"""Find the person: mediapipe pose (33 landmarks) and its segmentation mask, in source pixels.
+
+mediapipe 0.10.21's legacy `solutions.pose` ships its models inside the wheel, so this works offline.
+Only the "full" landmark model (model_complexity=1) is in the wheel; complexity 2 would try to download
+the heavy one at run time, so it is not used. One Pose graph per process, behind a lock: the graph is
+not safe to call from two threads at once, and the Blender add-on calls from a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from core.errors import ModelError, NoPersonError
+from core.landmarks import mpii16_from_mediapipe
+
+DETECT_MAX_SIDE = 1024  # longer photos are shrunk for the detector; results are scaled back
+LARGE_BLOB = 0.2  # a mask blob this fraction of the largest one's area counts as another person
+
+_LOCK = threading.Lock()
+_POSE = None
+
+
+@dataclass
+class Detection:
+    """landmarks33 (33, 4): x_px, y_px, z (mediapipe's depth relative to the hips, in the same pixels as x),
+    visibility. landmarks16 (16, 3): MPII order, see core.landmarks. mask: float32 (H, W) in [0, 1],
+    only the chosen person. All in source pixels."""
+
+    landmarks33: np.ndarray
+    landmarks16: np.ndarray
+    mask: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+def detect_person(rgb: np.ndarray, name: str = "the photo") -> Detection:
+    """Detect the one person to reconstruct in a uint8 (H, W, 3) RGB image; `name` is used in messages."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"detect_person wants uint8 (H, W, 3) RGB; got {rgb.dtype} {rgb.shape}")
+    src_h, src_w = rgb.shape[:2]
+    small = _shrink(rgb)
+    with _LOCK:
+        result = _pose().process(small)
+    if result.pose_landmarks is None or result.segmentation_mask is None:
+        raise NoPersonError(f"No person found in {name}.",
+                            "Use a photo where the whole body is visible, well lit, and not too small.")
+    lm33 = np.array([(p.x * src_w, p.y * src_h, p.z * src_w, p.visibility)
+                     for p in result.pose_landmarks.landmark], dtype=np.float32)
+    warnings = []
+    small_mask, note = _one_person(np.asarray(result.segmentation_mask, dtype=np.float32),
+                                   lm33[:, :2] * (small.shape[1] / src_w), lm33[:, 3])
+    if note:
+        warnings.append(note)
+    if not small_mask.any():
+        raise NoPersonError(f"No person found in {name} (the person mask is empty).",
+                            "Use a photo where the whole body is visible, well lit, and not too small.")
+    mask = small_mask if small.shape == rgb.shape else cv2.resize(small_mask, (src_w, src_h),
+                                                                   interpolation=cv2.INTER_LINEAR)
+    warnings += _framing_warnings(lm33, src_w, src_h)
+    return Detection(lm33, mpii16_from_mediapipe(lm33), np.clip(mask, 0.0, 1.0), warnings)
+
+
+def _pose():
+    global _POSE
+    if _POSE is None:
+        try:
+            import mediapipe as mp
+        except ImportError as exc:
+            raise ModelError("The pose detector (mediapipe 0.10.21) is not installed.",
+                             "Install it: pip install mediapipe==0.10.21") from exc
+        _POSE = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                       enable_segmentation=True, min_detection_confidence=0.5)
+    return _POSE
+
+
+def _shrink(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    s = DETECT_MAX_SIDE / max(h, w)
+    if s >= 1.0:
+        return np.ascontiguousarray(rgb)
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def _one_person(mask: np.ndarray, xy: np.ndarray, vis: np.ndarray):
+    """Keep the mask blob the pose lies on; say so when there were several person-sized blobs."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0.5).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(mask), None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = 1 + int(np.argmax(areas))
+    ij = np.floor(xy[vis > 0.5]).astype(int)
+    ij = ij[(ij[:, 0] >= 0) & (ij[:, 0] < mask.shape[1]) & (ij[:, 1] >= 0) & (ij[:, 1] < mask.shape[0])]
+    hits = np.bincount(labels[ij[:, 1], ij[:, 0]], minlength=n)[1:]
+    chosen = 1 + int(np.argmax(hits)) if hits.max() > 0 and hits.max() > hits[largest - 1] else largest
+    note = None
+    if np.count_nonzero(areas >= LARGE_BLOB * areas.max()) > 1:
+        note = ("Several people found; reconstructing the largest." if chosen == largest else
+                "Several people found; reconstructing the one whose pose was detected.")
+    # Keep the soft edge of the chosen blob (values < 0.5 just outside it), nothing of the others.
+    keep = cv2.dilate((labels == chosen).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    keep &= (labels == 0) | (labels == chosen)
+    return mask * keep, note
+
+
+def _framing_warnings(lm33: np.ndarray, w: int, h: int) -> list[str]:
+    feet = lm33[[27, 28, 29, 30, 31, 32]]
+    head = lm33[[0, 7, 8]]
+
+    def cut(p):
+        return bool(((p[:, 3] < 0.3) | (p[:, 0] < 0) | (p[:, 0] > w) | (p[:, 1] < 0) | (p[:, 1] > h)).all())
+
+    out = []
+    if cut(feet):
+        out.append("The feet are cut off or hidden; the legs will be guessed. "
+                   "A photo showing the whole body works best.")
+    if cut(head):
+        out.append("The head is cut off or hidden; it will be guessed. A photo showing the whole body works best.")
+    return out
