@@ -34,7 +34,7 @@ class CropBox:
         return out_hw[1] / self.width, out_hw[0] / self.height
 
     def to_crop(self, points_xy, out_hw) -> np.ndarray:
-        """(N, 2+) source-pixel points -> crop pixels of an (H_out, W_out) crop; extra columns pass through."""
+        """(N, 2+) source-pixel points -> pixels of an (H_out, W_out) crop; extra columns pass through."""
         sx, sy = self._scale(out_hw)
         out = np.array(points_xy, dtype=np.float64)
         out[..., 0] = (out[..., 0] - self.x0) * sx
@@ -110,6 +110,7 @@ def crop_image(img: np.ndarray, box: CropBox, out_hw, interpolation: str = "line
         raise ValueError(f"interpolation must be 'linear' or 'nearest'; got {interpolation!r}")
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     img = np.asarray(img)
+    channel_axis = img.ndim == 3
     is_bool = img.dtype == bool
     if is_bool:
         img = img.astype(np.uint8 if interpolation == "nearest" else np.float32)
@@ -124,14 +125,14 @@ def crop_image(img: np.ndarray, box: CropBox, out_hw, interpolation: str = "line
         yb = min(img.shape[0], int(math.ceil(y0 + box.height)) + reach)
         if xa >= xb or ya >= yb:
             return np.zeros((out_h, out_w) + img.shape[2:], dtype=img.dtype)
-        img = cv2.GaussianBlur(np.ascontiguousarray(img[ya:yb, xa:xb]), (0, 0), sig_x + 1e-6, sigmaY=sig_y + 1e-6,
-                               borderType=cv2.BORDER_REFLECT)
+        img = cv2.GaussianBlur(np.ascontiguousarray(img[ya:yb, xa:xb]), (0, 0), sig_x + 1e-6,
+                               sigmaY=sig_y + 1e-6, borderType=cv2.BORDER_REFLECT)
         x0, y0 = x0 - xa, y0 - ya
     # Inverse map in index coordinates (continuous minus 0.5): src = (dst + .5) / s + x0 - .5.
     inv = np.array([[1 / sx, 0, 0.5 / sx + x0 - 0.5], [0, 1 / sy, 0.5 / sy + y0 - 0.5]], dtype=np.float64)
     flags = (cv2.INTER_LINEAR if interpolation == "linear" else cv2.INTER_NEAREST) | cv2.WARP_INVERSE_MAP
     out = cv2.warpAffine(np.ascontiguousarray(img), inv, (out_w, out_h), flags=flags,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    if out.ndim == 2 and img.ndim == 3:  # cv2 drops a trailing channel axis of length 1
+    if out.ndim == 2 and channel_axis:  # cv2 drops a trailing channel axis of length 1
         out = out[:, :, None]
-    return out.astype(bool) if is_bool else out
+    return out.astype(bool) if is_bool and interpolation == "nearest" else out

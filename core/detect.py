@@ -50,11 +50,9 @@ def detect_person(rgb: np.ndarray, name: str = "the photo") -> Detection:
                             "Use a photo where the whole body is visible, well lit, and not too small.")
     lm33 = np.array([(p.x * src_w, p.y * src_h, p.z * src_w, p.visibility)
                      for p in result.pose_landmarks.landmark], dtype=np.float32)
-    warnings = []
     small_mask, note = _one_person(np.asarray(result.segmentation_mask, dtype=np.float32),
                                    lm33[:, :2] * (small.shape[1] / src_w), lm33[:, 3])
-    if note:
-        warnings.append(note)
+    warnings = [note] if note else []
     if not small_mask.any():
         raise NoPersonError(f"No person found in {name} (the person mask is empty).",
                             "Use a photo where the whole body is visible, well lit, and not too small.")
@@ -118,5 +116,6 @@ def _framing_warnings(lm33: np.ndarray, w: int, h: int) -> list[str]:
         out.append("The feet are cut off or hidden; the legs will be guessed. "
                    "A photo showing the whole body works best.")
     if cut(head):
-        out.append("The head is cut off or hidden; it will be guessed. A photo showing the whole body works best.")
+        out.append("The head is cut off or hidden; it will be guessed. "
+                   "A photo showing the whole body works best.")
     return out

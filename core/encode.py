@@ -50,8 +50,8 @@ def encode(rgb, landmarks16, mask, inputs) -> np.ndarray:
         x = rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
         parts.append((x - IMAGE_MEAN) / IMAGE_STD)
     if "landmarks" in names:
-        if landmarks16 is None or np.shape(landmarks16)[0] != 16:
-            raise ValueError(f"landmarks16 must be (16, 2|3); got {None if landmarks16 is None else np.shape(landmarks16)}")
+        if landmarks16 is None or np.ndim(landmarks16) != 2 or np.shape(landmarks16)[0] != 16:
+            raise ValueError(f"landmarks16 must be (16, 2|3); got {np.shape(landmarks16)}")
         parts.append(gaussian_heatmaps(landmarks16, (h, w)))
     if "mask" in names:
         m = np.asarray(mask)

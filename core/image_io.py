@@ -24,7 +24,7 @@ def load_image(source) -> np.ndarray:
     `source` is a path (str or Path) or an array (H, W), (H, W, 1|3|4) of uint8, uint16 or float in [0, 1].
     EXIF orientation is applied, so the array is upright as a viewer shows it. Transparent pixels are
     composited on white (not dropped): a cut-out person then stands on a clean background instead of
-    whatever colour happens to sit under the alpha. 16-bit data is scaled to 8 bits (x / 257, rounded).
+    whatever colour happens to sit under the alpha. 16-bit data is scaled to 8 bits (x / 257).
     """
     if isinstance(source, np.ndarray):
         return _to_rgb8(source)
@@ -44,7 +44,7 @@ def load_image(source) -> np.ndarray:
 
 
 def save_png(path, rgb: np.ndarray) -> None:
-    """Write a uint8 grey/RGB/RGBA array as PNG via a temp file + os.replace, so readers never see half a file."""
+    """Write uint8 grey/RGB/RGBA as PNG via a temp file + os.replace, so readers never see half a file."""
     path = Path(path)
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):

@@ -69,7 +69,7 @@ def mpii16_from_mediapipe(lm33: np.ndarray) -> np.ndarray:
 
 
 def mpii16_from_coco17(kp17: np.ndarray) -> np.ndarray:
-    """(17, 2|3) COCO keypoints (x, y[, visibility]) -> (16, 3) MPII joints, by the same rule as detections."""
+    """(17, 2|3) COCO keypoints (x, y[, visibility]) -> (16, 3) MPII joints, same rule as detections."""
     kp17 = np.asarray(kp17, dtype=np.float64)
     if kp17.ndim != 2 or kp17.shape[0] != 17 or kp17.shape[1] not in (2, 3):
         raise ValueError(f"COCO keypoints must be (17, 2) or (17, 3); got {kp17.shape}")

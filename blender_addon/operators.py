@@ -1,0 +1,208 @@
+"""Operators: thin. The work is in jobs.py (background) and build_mesh.py (Blender data).
+
+`monohuman.reconstruct` starts a job and, from a UI, returns RUNNING_MODAL with a window-manager timer:
+every tick calls `job.poll()` and passes all events through, so Blender stays responsive. When the job is
+done the result is built in one go inside the operator, so it is one undo step. Headless (tests, scripts)
+or with `wait=True` the operator polls the same job in a loop and builds the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import bpy
+
+from . import build_mesh, jobs, paths
+from .preferences import backend_python, get_prefs
+
+TIMER_INTERVAL = 0.1
+
+
+def photo_for(props, out_dir: Path) -> str:
+    """The photo to reconstruct, as a file path core can read. Raises jobs.JobError."""
+    if props.photo_source == "IMAGE":
+        if props.photo_image is None:
+            raise jobs.JobError("No image is chosen.", "Pick an image in the Monohuman panel, or choose File.",
+                                kind="InputError")
+        try:
+            return build_mesh.image_file_for(props.photo_image, out_dir)
+        except (OSError, RuntimeError) as exc:
+            raise jobs.JobError(f"Cannot read the image '{props.photo_image.name}': {exc}.",
+                                "Save the image to a file and pick that file.", kind="InputError") from exc
+    if not props.photo_path.strip():
+        raise jobs.JobError("No photo is chosen.", "Pick a photo file in the Monohuman panel.", kind="InputError")
+    path = os.path.normpath(bpy.path.abspath(props.photo_path))
+    if not os.path.isfile(path):
+        raise jobs.JobError(f"Photo not found: {path}.", "Check the path and that the file exists.",
+                            kind="InputError")
+    return path
+
+
+def make_request(context) -> dict:
+    props = context.scene.monohuman
+    prefs = get_prefs(context)
+    photo = photo_for(props, paths.results_dir())
+    python = backend_python(prefs)
+    return {
+        "photo": photo,
+        "model": paths.resolve_model(props.model, prefs.models_dir, python, props.method),
+        "method": props.method,
+        "device": prefs.device.lower(),
+        "subject_height": float(props.subject_height),
+        "smoothing": int(props.smoothing),
+        "face_budget": int(props.face_budget) or None,
+        "output": str(jobs.new_output_path(photo)),
+        "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
+    }
+
+
+def start_job(context) -> jobs.Job:
+    """Start the reconstruction the panel describes (used by the operator and by tests)."""
+    prefs = get_prefs(context)
+    return jobs.start(make_request(context), execution=prefs.execution, python=backend_python(prefs))
+
+
+def finish_job(op, context, job: jobs.Job) -> set:
+    """Turn a finished job into Blender data (or a report). Returns the operator's return set."""
+    if job.state == jobs.CANCELLED:
+        op.report({"WARNING"}, "Reconstruction cancelled; nothing was added.")
+        return {"CANCELLED"}
+    if job.state == jobs.ERROR:
+        op.report({"ERROR"}, job.error or "The reconstruction failed.")
+        return {"CANCELLED"}
+    props = context.scene.monohuman
+    t0 = time.perf_counter()
+    try:
+        result = build_mesh.load_result(job.result_path)
+        name = build_mesh.object_name_for(job.request["photo"] if props.photo_source == "FILE"
+                                          else props.photo_image.name if props.photo_image else "")
+        built = build_mesh.build_result(result, scene=context.scene, view_layer=context.view_layer,
+                                        name=name, project_texture=props.project_texture,
+                                        add_armature=props.add_armature, show_landmarks=props.show_landmarks)
+    except Exception as exc:  # noqa: BLE001 - build_result has already removed what it made
+        op.report({"ERROR"}, f"Could not build the result in Blender: {exc}. Try again; if it persists, "
+                             f"report it with the backend log in {paths.results_dir()}.")
+        return {"CANCELLED"}
+    obj = built["object"]
+    if built["landmarks"] is not None:
+        build_mesh.show_image_in_editors(built["landmarks"], getattr(context, "screen", None))
+    for w in result.get("warnings", []):
+        op.report({"WARNING"}, w)
+    secs = job.elapsed + (time.perf_counter() - t0)
+    op.report({"INFO"}, f"Monohuman: '{obj.name}' ({len(obj.data.vertices)} vertices, "
+                        f"{len(obj.data.polygons)} faces) in {secs:.1f} s ({job.mode}).")
+    return {"FINISHED"}
+
+
+def _redraw(context) -> None:
+    wm = context.window_manager
+    for window in getattr(wm, "windows", []):
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+class MONOHUMAN_OT_reconstruct(bpy.types.Operator):
+    """Reconstruct a 3D body from the photo (runs in the background; Blender stays usable)"""
+
+    bl_idname = "monohuman.reconstruct"
+    bl_label = "Reconstruct"
+    bl_options = {"REGISTER", "UNDO"}
+
+    wait: bpy.props.BoolProperty(name="Wait", description="Block until done (scripts, tests)",
+                                 default=False, options={"HIDDEN", "SKIP_SAVE"})
+    timeout: bpy.props.FloatProperty(default=600.0, options={"HIDDEN", "SKIP_SAVE"})
+
+    _timer = None
+    _job = None
+
+    @classmethod
+    def poll(cls, context):
+        job = jobs.current()
+        return context.scene is not None and (job is None or job.finished)
+
+    def invoke(self, context, event):
+        return self.execute(context)
+
+    def execute(self, context):
+        try:
+            self._job = start_job(context)
+        except jobs.JobError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        if self.wait or context.window is None:
+            self._job.wait(timeout=self.timeout)
+            if not self._job.finished:
+                self._job.cancel()
+                self._job.wait(timeout=jobs.KILL_AFTER_S + 2)
+                self.report({"ERROR"}, f"The reconstruction took longer than {self.timeout:.0f} s and was "
+                                       "stopped. Use a GPU or a smaller model.")
+                return {"CANCELLED"}
+            return finish_job(self, context, self._job)
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_INTERVAL, window=context.window)
+        wm.modal_handler_add(self)
+        _redraw(context)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type != "TIMER":  # (bpy wrappers are new objects on each access: no identity test)
+            return {"PASS_THROUGH"}
+        self._job.poll()
+        _redraw(context)
+        if not self._job.finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        self._timer = None
+        return finish_job(self, context, self._job)
+
+    def cancel(self, context):  # Blender calls this when the modal is aborted (e.g. file load)
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        if self._job is not None:
+            self._job.cancel()
+
+
+class MONOHUMAN_OT_cancel(bpy.types.Operator):
+    """Stop the running reconstruction"""
+
+    bl_idname = "monohuman.cancel"
+    bl_label = "Cancel"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        job = jobs.current()
+        return job is not None and not job.finished
+
+    def execute(self, context):
+        jobs.cancel_current()
+        _redraw(context)
+        return {"FINISHED"}
+
+
+class MONOHUMAN_OT_show_landmarks(bpy.types.Operator):
+    """Show the photo with the detected landmarks of the active Monohuman object in the Image Editors"""
+
+    bl_idname = "monohuman.show_landmarks"
+    bl_label = "Show Landmarks"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and "monohuman_landmarks_image" in obj
+
+    def execute(self, context):
+        image = bpy.data.images.get(context.active_object["monohuman_landmarks_image"])
+        if image is None:
+            self.report({"ERROR"}, "The landmarks image is gone. Reconstruct again with Show Landmarks on.")
+            return {"CANCELLED"}
+        if build_mesh.show_image_in_editors(image, context.screen) == 0:
+            self.report({"INFO"}, f"Open an Image Editor and pick '{image.name}' to see the landmarks.")
+        return {"FINISHED"}
+
+
+classes = (MONOHUMAN_OT_reconstruct, MONOHUMAN_OT_cancel, MONOHUMAN_OT_show_landmarks)

@@ -1,0 +1,188 @@
+"""Where things are: the `core` library, the backend Python, models, the user data folder.
+
+Plain functions, no bpy data access at import time. Two ways the add-on can be laid out:
+
+* **From a checkout** (development, tests, or the add-on folder symlinked into Blender): this package is
+  ``REPO/blender_addon`` and the library is ``REPO/core``; the backend Python is auto-detected as
+  ``REPO/.venv/bin/python`` (``Scripts\\python.exe`` on Windows) and the models as ``REPO/models``.
+* **Installed from the extension zip**: the zip vendors the library as ``vendor/core`` inside this package
+  (and the shipped models, when they are small enough, as ``vendor/models``); see docs/ADDON.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ADDON_DIR = Path(__file__).resolve().parent
+USER_DIR_ENV = "MONOHUMAN_USER_DIR"
+
+
+def _has_core(root: Path) -> bool:
+    return (root / "core" / "backend.py").is_file() and (root / "core" / "reconstruct.py").is_file()
+
+
+def checkout_root() -> Path | None:
+    """The repository this add-on runs from, when it runs from a checkout."""
+    root = ADDON_DIR.parent
+    return root if _has_core(root) else None
+
+
+def vendor_root() -> Path | None:
+    """The folder holding the vendored `core` package (extension zip install)."""
+    root = ADDON_DIR / "vendor"
+    return root if _has_core(root) else None
+
+
+def core_root() -> Path | None:
+    """The folder to put on sys.path (or use as cwd) so that `import core` finds the library."""
+    return checkout_root() or vendor_root()
+
+
+def venv_python(root: Path) -> Path | None:
+    for rel in (".venv/bin/python", ".venv/bin/python3", ".venv/Scripts/python.exe", "venv/bin/python"):
+        p = root / rel
+        if p.is_file():
+            return p
+    return None
+
+
+def detect_backend_python() -> str:
+    """The backend Python to use when the preference is empty: the checkout's .venv, if there is one."""
+    root = checkout_root()
+    if root is not None and (p := venv_python(root)) is not None:
+        return str(p)
+    return ""
+
+
+def checkout_for_python(python: str | os.PathLike) -> Path | None:
+    """The checkout a Python belongs to (REPO/.venv/bin/python -> REPO), if any. Symlinks are not resolved:
+    a venv's python is usually a link to the system interpreter."""
+    p = Path(os.path.abspath(os.path.expanduser(str(python))))
+    for parent in list(p.parents)[:4]:
+        if _has_core(parent):
+            return parent
+    return None
+
+
+def backend_cwd(python: str) -> Path | None:
+    """Where to start `python -m core.backend`: the python's own checkout, else the library we carry."""
+    return checkout_for_python(python) or core_root()
+
+
+def user_dir() -> Path:
+    """Blender's extension user folder for this add-on (results, caches, user models).
+
+    Falls back to $MONOHUMAN_USER_DIR, then to a folder in the temp dir, when the add-on runs as a plain
+    module (tests, a legacy add-on folder) rather than as an installed extension."""
+    env = os.environ.get(USER_DIR_ENV)
+    if env:
+        path = Path(env)
+    else:
+        path = None
+        try:
+            import bpy
+
+            path = Path(bpy.utils.extension_path_user(__package__, create=True))
+        except Exception:  # noqa: BLE001 - "does not name an extension" when run as a plain module
+            path = None
+        if path is None:
+            user = os.environ.get("USER") or os.environ.get("USERNAME") or "user"
+            path = Path(tempfile.gettempdir()) / f"monohuman-{user}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir() -> Path:
+    path = user_dir() / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def model_dirs(user_models: str = "", python: str = "") -> list[Path]:
+    """Folders searched for models, first wins: the user's folder, the extension user folder, the shipped
+    models (checkout or vendored), the backend checkout's models."""
+    dirs: list[Path] = []
+    if user_models:
+        dirs.append(Path(os.path.expanduser(user_models)))
+    try:
+        dirs.append(user_dir() / "models")
+    except OSError:
+        pass
+    for root in (checkout_root(), vendor_root(), checkout_for_python(python) if python else None):
+        if root is not None:
+            dirs.append(root / "models")
+    seen, out = set(), []
+    for d in dirs:
+        key = os.path.abspath(d)
+        if key not in seen and d.is_dir():
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def list_models(user_models: str = "", python: str = "", method: str | None = None) -> list[dict]:
+    """Models found on disk: dicts with name, path (the stem, without suffix), method, description."""
+    found: dict[str, dict] = {}
+    for d in model_dirs(user_models, python):
+        for cfg in sorted(d.glob("*.json")):
+            if not cfg.with_suffix(".safetensors").is_file():
+                continue
+            try:
+                meta = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(meta, dict) or meta.get("format") != "monohuman-model":
+                continue
+            m = str(meta.get("method", "vrn"))
+            if method and m != method:
+                continue
+            name = cfg.stem
+            if name in found:
+                continue
+            metrics = meta.get("metrics") or {}
+            iou = metrics.get("heldout_iou") if isinstance(metrics, dict) else None
+            desc = f"{m} model in {d}" + (f" (held-out IoU {iou:.2f})" if isinstance(iou, (int, float)) else "")
+            found[name] = {"name": name, "path": str(cfg.with_suffix("")), "method": m, "description": desc}
+    return list(found.values())
+
+
+def resolve_model(model: str, user_models: str = "", python: str = "", method: str | None = None) -> str:
+    """What to pass to core as the model: a known name -> its path; "default" and paths pass through."""
+    model = (model or "default").strip()
+    if model == "default" or os.sep in model or "/" in model:
+        return os.path.expanduser(model)
+    for m in list_models(user_models, python, method=None):
+        if m["name"] == model:
+            return m["path"]
+    return model
+
+
+def in_process_available() -> bool:
+    """True when `core` and its dependencies (torch, ...) can be imported here (checked without importing)."""
+    import importlib.util
+
+    for dep in ("torch", "mediapipe", "cv2", "skimage", "trimesh", "safetensors", "PIL", "scipy"):
+        if importlib.util.find_spec(dep) is None:
+            return False
+    if importlib.util.find_spec("core") is not None:
+        return True
+    return core_root() is not None
+
+
+def ensure_core_importable() -> None:
+    """Put the library's folder on sys.path when `core` is not importable yet (in-process path only)."""
+    import importlib.util
+
+    if importlib.util.find_spec("core") is not None:
+        return
+    root = core_root()
+    if root is not None and str(root) not in sys.path:
+        sys.path.append(str(root))

@@ -1,0 +1,65 @@
+"""Per-scene settings of the Monohuman panel (Scene.monohuman)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from . import paths
+
+METHOD_ITEMS = (
+    ("vrn", "VRN", "Volumetric regression: a detailed surface (clothes, hair), not rigged"),
+    ("hmnet", "HumanMeshNet", "Template body regression: the Anny body, rigged (needs a HumanMeshNet model)"),
+)
+
+
+def _model_search(self, context, edit_text):
+    from .preferences import backend_python, get_prefs
+
+    prefs = get_prefs(context)
+    names = ["default"]
+    names += [m["name"] for m in paths.list_models(prefs.models_dir, backend_python(prefs), self.method)]
+    return [n for n in names if edit_text.lower() in n.lower()] or names
+
+
+class MonohumanProperties(bpy.types.PropertyGroup):
+    photo_source: EnumProperty(
+        name="Photo Source",
+        items=(("FILE", "File", "A photo file on disk"),
+               ("IMAGE", "Image", "An image already loaded in Blender")),
+        default="FILE")
+    photo_path: StringProperty(name="Photo", description="The photo of the person (JPEG, PNG, WebP)",
+                               subtype="FILE_PATH", default="")
+    photo_image: PointerProperty(name="Image", type=bpy.types.Image,
+                                 description="An image already loaded in Blender")
+    method: EnumProperty(name="Method", items=METHOD_ITEMS, default="vrn")
+    model: StringProperty(
+        name="Model",
+        description="A model name (shipped or in your models folder), 'default' for the method's default, "
+                    "or a path to NAME (without .json/.safetensors)",
+        default="default", search=_model_search)
+    subject_height: FloatProperty(name="Subject Height", description="The person's height; sets the scale",
+                                  default=1.70, min=0.3, max=3.0, soft_min=0.5, soft_max=2.3,
+                                  subtype="DISTANCE", unit="LENGTH", precision=2)
+    smoothing: IntProperty(name="Smoothing", description="Surface smoothing iterations (0 = raw surface)",
+                           default=1, min=0, max=20)
+    face_budget: IntProperty(name="Face Budget", description="Decimate to at most this many faces (0 = keep all)",
+                             default=0, min=0, soft_max=500000)
+    project_texture: BoolProperty(name="Project Photo as Texture", default=True,
+                                  description="Material that projects the photo onto the front; the back is "
+                                              "filled with the person's mean colour")
+    add_armature: BoolProperty(name="Add Armature", default=True,
+                               description="Create the rig when the method gives one (HumanMeshNet)")
+    show_landmarks: BoolProperty(name="Show Landmarks", default=False,
+                                 description="Load the photo with the detected landmarks drawn as an image "
+                                             "(shown in any open Image Editor)")
+
+
+def register():
+    bpy.utils.register_class(MonohumanProperties)
+    bpy.types.Scene.monohuman = PointerProperty(type=MonohumanProperties)
+
+
+def unregister():
+    del bpy.types.Scene.monohuman
+    bpy.utils.unregister_class(MonohumanProperties)

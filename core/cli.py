@@ -1,0 +1,140 @@
+"""Command line: `python -m core reconstruct PHOTO -o body.glb` and `python -m core info`.
+
+Progress goes to stderr, results to stdout; failures print one line naming the problem and the fix and exit
+with the error's code (2 input, 3 no person, 4 model, 130 cancelled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from core.errors import MonohumanError
+
+SUFFIXES = (".glb", ".obj", ".ply")
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, file=sys.stderr, bar_format="{desc:<10} {bar} {percentage:3.0f}% {elapsed}",
+               disable=None)
+    state = {"last": 0}
+
+    def report(stage: str, fraction: float) -> None:
+        step = round(fraction * 100) - state["last"]
+        state["last"] += step
+        bar.set_description_str(stage)
+        bar.update(step)
+        if stage == "done":
+            bar.close()
+
+    return report
+
+
+def cmd_reconstruct(args) -> int:
+    from core.export import save_mesh
+    from core.reconstruct import default_output_path, reconstruct
+
+    out = Path(args.output) if args.output else default_output_path(args.photo)
+    if out.suffix.lower() not in SUFFIXES:
+        raise MonohumanError(f"Cannot write {out.name}: unknown mesh format.",
+                             f"Use one of {', '.join(SUFFIXES)}.")
+    result = reconstruct(args.photo, model=args.model, method=args.method, device=args.device,
+                         subject_height=args.height, smoothing=args.smoothing, face_budget=args.faces,
+                         progress=None if args.quiet else _progress_bar())
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_mesh(result.mesh, out)
+    written = {"mesh": str(out)}
+    if args.preview:
+        from core.preview import write_preview
+
+        preview = Path(args.preview) if args.preview != "auto" else default_output_path(args.photo, "_preview.png")
+        write_preview(preview, result.image, mesh_metric=result.mesh, landmarks16=result.landmarks16,
+                      mask=result.mask, crop_box=result.crop_box, volume=result.volume)
+        written["preview"] = str(preview)
+    extent = result.mesh.bounds[1] - result.mesh.bounds[0]
+    summary = {**written, "model": result.model_name, "vertices": len(result.mesh.vertices),
+               "faces": len(result.mesh.faces), "height_m": round(float(extent[2]), 4),
+               "watertight": bool(result.mesh.is_watertight),
+               "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "warnings": result.warnings}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key in ("mesh", "preview"):
+            if key in summary:
+                print(f"{key}: {summary[key]}")
+        print(f"model: {summary['model']}  vertices: {summary['vertices']}  faces: {summary['faces']}  "
+              f"height: {summary['height_m']} m  watertight: {summary['watertight']}")
+        print("timings: " + "  ".join(f"{k} {v:.2f}s" for k, v in summary["timings_s"].items()))
+    return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from core.checkpoint import list_models
+
+    print(f"python      {platform.python_version()} ({platform.machine()})")
+    for package in ("torch", "mediapipe", "opencv-contrib-python", "scikit-image", "trimesh", "bpy", "anny"):
+        print(f"{package:<11} {_version(package)}")
+    if torch.cuda.is_available():
+        print(f"device      cuda: {torch.cuda.get_device_name(0)}")
+    else:
+        print(f"device      cpu ({torch.get_num_threads()} threads); no CUDA GPU")
+    models = list_models()
+    if not models:
+        print("models      none installed: no trained model yet (see docs/RESULTS.md)")
+    for m in models:
+        status = f"broken: {m['error']}" if m.get("error") else json.dumps(m.get("metrics") or {})
+        print(f"model       {m['name']} [{m.get('method')}/{m.get('variant')}] {status}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruct", help="reconstruct the person in a photo as a mesh file")
+    rec.add_argument("photo", help="JPEG/PNG/WebP photo of one person, whole body visible")
+    rec.add_argument("-o", "--output", help="OUT.glb | OUT.obj | OUT.ply (default: beside the photo, .glb)")
+    rec.add_argument("--model", default="default", help="model name in models/ or a path (default: shipped)")
+    rec.add_argument("--method", default="vrn", choices=["vrn"], help="reconstruction method")
+    rec.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    rec.add_argument("--height", type=float, default=1.70, help="subject height in metres (default 1.70)")
+    rec.add_argument("--smoothing", type=int, default=10, help="surface smoothing iterations (0 = none)")
+    rec.add_argument("--faces", type=int, default=None, help="decimate to at most this many faces")
+    rec.add_argument("--preview", nargs="?", const="auto", default=None,
+                     help="write a PNG of the result (default path: beside the photo)")
+    rec.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    rec.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rec.set_defaults(func=cmd_reconstruct)
+
+    info = sub.add_parser("info", help="versions, device and installed models")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MonohumanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130

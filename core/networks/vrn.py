@@ -1,0 +1,459 @@
+"""VRN: volumetric regression networks (Jackson et al., human body VRN), every variant from one code path.
+
+A network maps the encoded crop (N, C, H_in, W_in) (see `core.encode`) to occupancy logits
+(N, D, H, W): the D depth slices are the output channels of a 2-D network, spatially aligned with the crop.
+
+Architecture (Newell-style stacked hourglasses)::
+
+    stem      7x7 stride-2 conv -> block -> [maxpool -> block]* -> block   (N, f, H/4, W/4)
+    lift      (conv3d only) 1x1 conv f -> c*D' and reshape to (N, c, D', H/4, W/4), D' = D/4
+    stack s   hourglass -> `modules` blocks -> 1x1 conv-norm-ReLU           = y_s
+              x_{s+1} = x_s + 1x1conv(y_s)                                   (features passed on)
+    head s    (supervised stacks) y_s -> logits (N, D, H, W), upsampled x4
+
+The stem downsamples by whatever power of two puts the hourglasses at volume H/4 x W/4, so input 128 with
+volume 128 (stride 4) and input 256 with volume 128 (stride 8) both work.
+
+Heads. The final (predicting) stack uses `head` ("hybrid" by default: the bilinear head below plus a learned
+full-resolution correction from the "deconv" path, two 4x4 stride-2 transposed convs f -> f/2 -> f/4 then
+1x1 -> D, whose last conv starts at zero). Measured on 200 Anny renders (64^3, f = 32, 400 Adam steps): the
+deconv head alone never left the all-empty prediction (held-out IoU 0.00: its f/4-channel bottleneck must
+encode every depth profile), the bilinear head reached 0.33; hybrid learns like bilinear and keeps a surface
+that is not limited to the H/4 grid. Earlier supervised
+stacks use `aux_head` ("bilinear": 1x1 conv f -> D at H/4, bilinear x4), cheap deep supervision. The last
+head conv's bias starts at -2 (about 12 % occupancy, a body in its crop), which shortens the start of
+training; nothing else depends on it.
+
+Ours - 3D Convolution ("conv3d", block "flat3d"). The paper gives only the flat block (fig. 3) and "FLOPs
+matched to Multistack by reducing features". Our design: the same 2-D stem (multiscale blocks, `features`
+wide), then a 1x1 conv lifts the f channels into a feature volume of c channels over D' = D/4 depth cells at
+(H/4, W/4): isotropic cells of 4 voxels. The stacked hourglasses (same stacks/modules/depth as Multistack) are
+made of flat3d blocks and pool/upsample only in H and W. The final (deconv) head folds the volume back to c*D'
+channels of a 2-D map (depth cells become channels again), reduces them to f with a 1x1 conv and upsamples
+like the 2-D head. The bilinear aux heads map each cell to its 4 depth voxels with a 1x1x1 conv and move
+them into channels (depth-to-channel), then upsample H, W bilinearly. FLOP matching: a multiscale block costs 9*f^2*(1/2+1/8+1/16) MACs a pixel, a flat3d
+block 3*c^2*(1/2+1/8+1/16) a cell and there are D' cells a pixel, so equal cost needs c = f*sqrt(3/D')
+(rounded to a multiple of 4): c = 0.31 f for a 128-deep volume. `volume_features = 0` in a config asks for
+that value; the resolved number is what is stored. Measured totals: see `flops()` (stem/lift/heads differ).
+
+Loss (eq. 1 of the paper): per-voxel binary cross-entropy on logits, summed over the supervised stacks.
+Normalisation: we take the MEAN over the N*D*H*W voxels of each stack, not eq. 1's sum. That only rescales
+the gradient by a constant 1/(N*D*H*W) (a learning-rate rescale; RMSProp/Adam are nearly invariant to it),
+and it keeps numbers comparable between the 128^3 cube and the 96x256x128 volume and across batch sizes.
+The stacks are SUMMED (the paper's "four losses"), so a 4-stack variant's loss is about 4x a single-stack
+value: compare variants on the last stack's BCE or on IoU, not on the training loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.encode import INPUT_CHANNELS
+from core.networks.blocks import (BLOCKS, NORMS, ConvNormReLU, block_dims, conv, make_block, make_blocks,
+                                  norm_layer)
+from core.networks.hourglass import Hourglass, max_hourglass_depth
+
+HEADS = ("hybrid", "deconv", "bilinear")
+HEAD_SCALE = 4  # the hourglasses run at volume H/4 x W/4
+
+
+@dataclass(frozen=True)
+class VRNConfig:
+    """Everything that defines a VRN network. JSON round trip: `to_dict()` / `VRNConfig.from_dict(d)`."""
+
+    variant: str
+    inputs: tuple = ("image", "landmarks")  # channel order is always image, landmarks, mask
+    input_size: tuple = (128, 128)  # (H_in, W_in)
+    volume_shape: tuple = (128, 128, 128)  # (D, H, W)
+    features: int = 256  # width f of the 2-D network (and of the stem for conv3d)
+    stacks: int = 4
+    modules_per_hourglass: int = 2  # residual blocks at each position of an hourglass
+    block: str = "multiscale"  # "old-residual" | "multiscale" | "flat3d"
+    hourglass_depth: int = 4  # times an hourglass halves H/4 x W/4
+    supervise_all: bool = True  # a loss after every hourglass (else only the last)
+    norm: str = "batch"  # "batch" | "group"
+    head: str = "hybrid"  # final stack's head: "hybrid" | "deconv" | "bilinear"
+    aux_head: str = "bilinear"  # head of earlier supervised stacks
+    volume_features: int = 0  # flat3d only: channels c of the feature volume; 0 = FLOP-matched to f
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        set_("inputs", tuple(n for n in INPUT_CHANNELS if n in set(self.inputs)) if _names_ok(self.inputs)
+             else tuple(self.inputs))
+        set_("input_size", tuple(self.input_size))
+        set_("volume_shape", tuple(self.volume_shape))
+        if self.block == "flat3d" and self.volume_features == 0 and len(self.volume_shape) == 3:
+            set_("volume_features", matched_volume_features(self.features, self.volume_shape[0]))
+        self.validate()
+
+    # ---- derived -----------------------------------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        return sum(INPUT_CHANNELS[n] for n in self.inputs)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H/4, W/4): where the hourglasses run."""
+        return self.volume_shape[1] // HEAD_SCALE, self.volume_shape[2] // HEAD_SCALE
+
+    @property
+    def stem_stride(self) -> int:
+        return self.input_size[0] // self.grid[0]
+
+    @property
+    def is_3d(self) -> bool:
+        return block_dims(self.block) == 3
+
+    @property
+    def supervised_stacks(self) -> tuple[int, ...]:
+        return tuple(range(self.stacks)) if self.supervise_all else (self.stacks - 1,)
+
+    # ---- validation --------------------------------------------------------------------------------
+    def validate(self) -> None:
+        err = lambda msg: ValueError(f"VRN config {self.variant!r}: {msg}")  # noqa: E731
+        if self.variant not in VARIANT_NAMES:
+            raise ValueError(f"unknown VRN variant {self.variant!r}; known: {list(VARIANT_NAMES)}")
+        if not _names_ok(self.inputs):
+            raise err(f"inputs must be a non-empty subset of {list(INPUT_CHANNELS)} without repeats; "
+                      f"got {list(self.inputs)}")
+        if len(self.input_size) != 2 or not all(_pos_int(v) for v in self.input_size):
+            raise err(f"input_size must be (H_in, W_in) positive ints; got {self.input_size}")
+        if len(self.volume_shape) != 3 or not all(_pos_int(v) for v in self.volume_shape):
+            raise err(f"volume_shape must be (D, H, W) positive ints; got {self.volume_shape}")
+        for name in ("features", "stacks", "modules_per_hourglass", "hourglass_depth"):
+            if not _pos_int(getattr(self, name)):
+                raise err(f"{name} must be a positive int; got {getattr(self, name)!r}")
+        if self.features % 8:
+            raise err(f"features must be a multiple of 8; got {self.features}")
+        if self.block not in BLOCKS:
+            raise err(f"unknown block {self.block!r}; known: {list(BLOCKS)}")
+        if self.norm not in NORMS:
+            raise err(f"unknown norm {self.norm!r}; known: {list(NORMS)}")
+        for name in ("head", "aux_head"):
+            if getattr(self, name) not in HEADS:
+                raise err(f"unknown {name} {getattr(self, name)!r}; known: {list(HEADS)}")
+        if not isinstance(self.supervise_all, bool):
+            raise err(f"supervise_all must be true or false; got {self.supervise_all!r}")
+        d, h, w = self.volume_shape
+        if h % HEAD_SCALE or w % HEAD_SCALE:
+            raise err(f"volume H and W must be multiples of {HEAD_SCALE}; got {h}x{w}")
+        gh, gw = self.grid
+        if max_hourglass_depth(gh, gw) < self.hourglass_depth:
+            raise err(f"volume {h}x{w} (H x W) puts the hourglasses on a {gh}x{gw} grid, which cannot be halved "
+                      f"{self.hourglass_depth} times; use hourglass_depth <= {max_hourglass_depth(gh, gw)} or "
+                      f"volume H and W divisible by {HEAD_SCALE * 2 ** self.hourglass_depth}")
+        hin, win = self.input_size
+        if hin % gh or win % gw or hin // gh != win // gw or not _pow2(hin // gh) or hin // gh < 2:
+            raise err(f"input_size {hin}x{win} must be the volume's {gh}x{gw} grid times one power of two >= 2 "
+                      f"(e.g. {h}x{w} or {2 * h}x{2 * w})")
+        if self.is_3d:
+            if d % HEAD_SCALE:
+                raise err(f"conv3d needs volume depth D divisible by {HEAD_SCALE}; got {d}")
+            if not _pos_int(self.volume_features) or self.volume_features % 4:
+                raise err(f"volume_features must be a positive multiple of 4; got {self.volume_features}")
+        elif self.volume_features != 0:
+            raise err(f"volume_features is only for the flat3d block; set it to 0 (got {self.volume_features})")
+
+    # ---- JSON -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VRNConfig":
+        """Strict: unknown keys raise; keys absent (older files) take the named variant's defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a VRN config must be a JSON object; got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VRN config keys {unknown}; known: {sorted(known)}")
+        variant = data.get("variant")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown VRN variant {variant!r}; known: {list(VARIANTS)}")
+        base = VARIANTS[variant].to_dict()
+        if "volume_features" not in data and base["block"] == "flat3d":
+            base["volume_features"] = 0
+        base.update(data)
+        return cls(**base)
+
+
+def _pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def _names_ok(inputs) -> bool:
+    try:
+        names = list(inputs)
+    except TypeError:
+        return False
+    return bool(names) and len(set(names)) == len(names) and all(n in INPUT_CHANNELS for n in names)
+
+
+def matched_volume_features(features: int, depth: int) -> int:
+    """c such that a flat3d block on (c, D/4, h, w) costs about a multiscale block on (features, h, w)."""
+    cells = max(1, depth // HEAD_SCALE)
+    return max(4, int(round(features * math.sqrt(3.0 / cells) / 4.0)) * 4)
+
+
+VARIANT_NAMES = ("vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only", "mask-only", "conv3d")
+VARIANTS: dict[str, VRNConfig] = {}
+
+
+def _register_variants() -> None:
+    ms = dict(stacks=4, modules_per_hourglass=2, block="multiscale", supervise_all=True,
+              inputs=("image", "landmarks"))
+    specs = {
+        # The baseline of the paper = VRN - Guided of the face paper [1]: 2 hourglasses, 4 residual modules,
+        # Newell's residual, one loss on the final stack; guided by the landmark heatmaps.
+        "vrn-guided": dict(stacks=2, modules_per_hourglass=4, block="old-residual", supervise_all=False,
+                           inputs=("image", "landmarks")),
+        "multistack": ms,
+        "old-residual": {**ms, "block": "old-residual"},
+        "image-only": {**ms, "inputs": ("image",)},
+        "landmarks-only": {**ms, "inputs": ("landmarks",)},
+        "mask-only": {**ms, "inputs": ("mask",)},
+        "conv3d": {**ms, "block": "flat3d"},
+    }
+    assert tuple(specs) == VARIANT_NAMES
+    for name, spec in specs.items():
+        VARIANTS[name] = VRNConfig(variant=name, **spec)
+
+
+def config_for(name: str, **overrides) -> VRNConfig:
+    """The named variant's config with `overrides` (features, volume_shape, input_size, norm, ...).
+
+    When `volume_shape` is overridden and these are not, they follow it: `input_size` becomes the volume's
+    (H, W), `hourglass_depth` is capped at what the new grid allows, and (flat3d) `volume_features` is
+    re-matched. `volume_features` is also re-matched when only `features` changes.
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"unknown VRN variant {name!r}; known: {list(VARIANTS)}")
+    base = VARIANTS[name]
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(VRNConfig)})
+    if unknown:
+        raise ValueError(f"unknown VRN config keys {unknown}")
+    if "variant" in overrides and overrides["variant"] != name:
+        raise ValueError("config_for: pass the variant as the name, not as an override")
+    o = dict(overrides)
+    if "volume_shape" in o:
+        d, h, w = tuple(o["volume_shape"])
+        o.setdefault("input_size", (h, w))
+        if "hourglass_depth" not in o and h % HEAD_SCALE == 0 and w % HEAD_SCALE == 0:
+            o["hourglass_depth"] = max(1, min(base.hourglass_depth,
+                                              max_hourglass_depth(h // HEAD_SCALE, w // HEAD_SCALE)))
+    if base.block == "flat3d" and "volume_features" not in o:
+        o["volume_features"] = 0  # re-match to the (possibly new) features / depth
+    return dataclasses.replace(base, **o)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------------------
+
+class Stem(nn.Module):
+    """(N, C, H_in, W_in) -> (N, f, H_in/stride, W_in/stride); Newell's 7x7/2 conv, residuals, max pools."""
+
+    def __init__(self, cin: int, features: int, stride: int, block: str, norm: str):
+        super().__init__()
+        f = features
+        layers = [ConvNormReLU(2, cin, f // 4, 7, norm, stride=2), make_block(block, f // 4, f // 2, norm)]
+        for _ in range(int(math.log2(stride)) - 1):
+            layers += [nn.MaxPool2d(2), make_block(block, f // 2, f // 2, norm)]
+        layers.append(make_block(block, f // 2, f, norm))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class Lift(nn.Module):
+    """conv3d: (N, f, h, w) -> 1x1 conv -> (N, c*D', h, w) -> reshape -> (N, c, D', h, w)."""
+
+    def __init__(self, features: int, channels: int, cells: int):
+        super().__init__()
+        self.channels, self.cells = channels, cells
+        self.proj = nn.Conv2d(features, channels * cells, 1)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        return self.proj(x).reshape(n, self.channels, self.cells, h, w)
+
+
+class Stack(nn.Module):
+    """hourglass -> blocks -> 1x1 conv-norm-ReLU (Newell's per-stack tail)."""
+
+    def __init__(self, cfg: VRNConfig, channels: int):
+        super().__init__()
+        dims = block_dims(cfg.block)
+        self.hourglass = Hourglass(cfg.hourglass_depth, channels, cfg.block, cfg.modules_per_hourglass, cfg.norm)
+        self.post = make_blocks(cfg.block, channels, cfg.modules_per_hourglass, cfg.norm)
+        self.lin = ConvNormReLU(dims, channels, channels, 1, cfg.norm)
+
+    def forward(self, x):
+        return self.lin(self.post(self.hourglass(x)))
+
+
+class Head(nn.Module):
+    """Stack features -> logits (N, D, H, W) at 4x the grid.
+
+    2-D features (N, f, h, w). 3-D features (N, c, D', h, w) with `cells` = D' > 0: the bilinear head maps
+    each cell to its D/D' depth voxels with a 1x1x1 conv and moves them into channels (depth-to-channel,
+    voxel d = cell * D/D' + k); the deconv head folds the volume to c*D' channels and reduces them to f.
+    """
+
+    def __init__(self, kind: str, in_channels: int, features: int, depth: int, norm: str, cells: int = 0,
+                 prior_bias: float = -2.0):
+        super().__init__()
+        self.kind, self.cells, self.depth = kind, cells, depth
+        if kind == "hybrid":
+            self.coarse = Head("bilinear", in_channels, features, depth, norm, cells, prior_bias)
+            self.fine = Head("deconv", in_channels, features, depth, norm, cells, 0.0)
+            nn.init.zeros_(self.fine.out.weight)
+            return
+        if kind == "bilinear":
+            self.pre = nn.Identity()
+            self.out = nn.Conv3d(in_channels, depth // cells, 1) if cells else nn.Conv2d(in_channels, depth, 1)
+        elif kind == "deconv":
+            f, cin = features, in_channels * max(cells, 1)
+            reduce = [] if cin == f else [ConvNormReLU(2, cin, f, 1, norm)]
+            self.pre = nn.Sequential(
+                *reduce,
+                nn.ConvTranspose2d(f, f // 2, 4, stride=2, padding=1, bias=False), norm_layer(norm, f // 2, 2),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(f // 2, f // 4, 4, stride=2, padding=1, bias=False), norm_layer(norm, f // 4, 2),
+                nn.ReLU(inplace=True))
+            self.out = nn.Conv2d(f // 4, depth, 1)
+        else:
+            raise ValueError(f"unknown head {kind!r}; known: {list(HEADS)}")
+        nn.init.constant_(self.out.bias, prior_bias)
+
+    def forward(self, y):
+        if self.kind == "hybrid":
+            return self.coarse(y) + self.fine(y)
+        if self.kind == "deconv":
+            if y.dim() == 5:
+                y = y.flatten(1, 2)  # (N, c, D', h, w) -> (N, c*D', h, w)
+            return self.out(self.pre(y))
+        z = self.out(y)
+        if z.dim() == 5:  # (N, D/D', D', h, w) -> (N, D', D/D', h, w) -> (N, D, h, w)
+            n, _, _, h, w = z.shape
+            z = z.transpose(1, 2).reshape(n, self.depth, h, w)
+        return F.interpolate(z, scale_factor=HEAD_SCALE, mode="bilinear", align_corners=False)
+
+
+class VRN(nn.Module):
+    """forward(x (N, C, H_in, W_in)) -> [logits (N, D, H, W)] one per supervised stack; the last predicts."""
+
+    method = "vrn"
+
+    def __init__(self, config: VRNConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        d = cfg.volume_shape[0]
+        stem_block = "multiscale" if cfg.is_3d else cfg.block
+        self.stem = Stem(cfg.in_channels, cfg.features, cfg.stem_stride, stem_block, cfg.norm)
+        if cfg.is_3d:
+            body, cells = cfg.volume_features, d // HEAD_SCALE
+            self.lift = Lift(cfg.features, body, cells)
+        else:
+            body, cells = cfg.features, 0
+            self.lift = nn.Identity()
+        dims = block_dims(cfg.block)
+        self.stacks = nn.ModuleList(Stack(cfg, body) for _ in range(cfg.stacks))
+        self.merges = nn.ModuleList(conv(dims, body, body, 1) for _ in range(cfg.stacks - 1))
+        last = cfg.stacks - 1
+        self.heads = nn.ModuleDict({
+            str(s): Head(cfg.head if s == last else cfg.aux_head, body, cfg.features, d, cfg.norm, cells)
+            for s in cfg.supervised_stacks})
+
+    def forward(self, x: torch.Tensor, final_only: bool = False) -> list[torch.Tensor]:
+        """Logits of every supervised stack (or, with final_only, just the last stack's, skipping aux heads)."""
+        cfg = self.config
+        expect = (cfg.in_channels, *cfg.input_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expect:
+            raise ValueError(f"VRN {cfg.variant!r} expects input (N, {expect[0]}, {expect[1]}, {expect[2]}) "
+                             f"for inputs {list(cfg.inputs)}; got {tuple(x.shape)}")
+        x = self.lift(self.stem(x))
+        outs = []
+        last = cfg.stacks - 1
+        for s, stack in enumerate(self.stacks):
+            y = stack(x)
+            if str(s) in self.heads and (s == last or not final_only):
+                outs.append(self.heads[str(s)](y))
+            if s < last:
+                x = x + self.merges[s](y)
+        return outs
+
+    def to_channels_last(self) -> "VRN":
+        """channels_last for 4-D weights, channels_last_3d for 5-D (flat3d); `Module.to` only handles one."""
+        def convert(t):
+            if t.dim() == 4:
+                return t.contiguous(memory_format=torch.channels_last)
+            if t.dim() == 5:
+                return t.contiguous(memory_format=torch.channels_last_3d)
+            return t
+        return self._apply(convert)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Occupancy probabilities (N, D, H, W) of the final stack."""
+        return torch.sigmoid(self.forward(x, final_only=True)[-1])
+
+
+def build_vrn(config: VRNConfig) -> VRN:
+    return VRN(config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss and accounting
+# ---------------------------------------------------------------------------------------------------------
+
+def vrn_loss(logits_list, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: binary cross-entropy per voxel, MEAN over the voxels of a stack, SUMMED over supervised stacks.
+
+    logits_list: a tensor (N, D, H, W) or a list of them (one per supervised stack). target: occupancy of
+    the same shape (bool/uint8/float in {0, 1}). Numerically stable (works on logits).
+    """
+    if isinstance(logits_list, torch.Tensor):
+        logits_list = [logits_list]
+    if not logits_list:
+        raise ValueError("vrn_loss needs at least one logits tensor")
+    total = None
+    for logits in logits_list:
+        if logits.shape != target.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+        t = target.to(dtype=logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, t, reduction="mean")
+        total = loss if total is None else total + loss
+    return total
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops(config: VRNConfig, batch: int = 1, final_only: bool = False) -> int:
+    """FLOPs (2 x multiply-adds) of one forward pass, counted by torch's FlopCounterMode on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = VRN(config).eval()
+        x = torch.empty(batch, config.in_channels, *config.input_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, final_only=final_only)
+    return int(counter.get_total_flops())
+
+
+_register_variants()

@@ -1,0 +1,144 @@
+"""Build the installable Blender extension: dist/monohuman-VERSION.zip.
+
+    python scripts/build_addon.py [--out dist] [--no-models] [--max-models-mb 50] [--no-validate]
+
+Layout of the zip (an extension's package is the zip root):
+
+    blender_manifest.toml
+    __init__.py, preferences.py, ...       the blender_addon/ package
+    vendor/core/...                        the `core` library (pure Python), for the in-process path and
+                                           as the backend's code when the backend Python is not a checkout
+    vendor/models/NAME.json|.safetensors   the shipped models, only when they total <= --max-models-mb
+                                           (otherwise the add-on finds them in the backend's checkout)
+    LICENSE                                when the repository has one
+
+Nothing from tests/, train/, .venv/, caches or __pycache__ goes in. The manifest of the built zip is
+validated with Blender's own extension validator (bl_pkg's `blender_ext.py validate`) when the bpy module
+is importable here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = "blender_manifest.toml"
+SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git"}
+SKIP_SUFFIXES = {".pyc", ".pyo", ".zip", ".log", ".tmp"}
+MODEL_SUFFIXES = {".json", ".safetensors"}
+
+
+def _files(folder: Path, suffixes: set[str] | None = None):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith(".") or p.suffix in SKIP_SUFFIXES:
+                continue
+            if suffixes is not None and p.suffix not in suffixes:
+                continue
+            yield p
+
+
+def read_manifest(root: Path = ROOT) -> dict:
+    with open(root / MANIFEST, "rb") as f:
+        return tomllib.load(f)
+
+
+def shipped_models(root: Path = ROOT) -> list[Path]:
+    """Model files (NAME.json + NAME.safetensors pairs) in models/."""
+    models = root / "models"
+    out = []
+    if models.is_dir():
+        for cfg in sorted(models.glob("*.json")):
+            weights = cfg.with_suffix(".safetensors")
+            if weights.is_file():
+                out += [cfg, weights]
+    return out
+
+
+def build(out_dir: Path | None = None, include_models: bool = True, max_models_mb: float = 50.0,
+          root: Path = ROOT) -> Path:
+    """Write the zip and return its path."""
+    manifest = read_manifest(root)
+    out_dir = Path(out_dir or root / "dist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    zip_path = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
+    entries: list[tuple[Path, str]] = [(root / MANIFEST, MANIFEST)]
+    addon = root / "blender_addon"
+    entries += [(p, p.relative_to(addon).as_posix()) for p in _files(addon)]
+    entries += [(p, "vendor/" + p.relative_to(root).as_posix()) for p in _files(root / "core", {".py"})]
+    if include_models:
+        models = shipped_models(root)
+        size_mb = sum(p.stat().st_size for p in models) / 2**20
+        if models and size_mb <= max_models_mb:
+            entries += [(p, f"vendor/models/{p.name}") for p in models]
+        elif models:
+            print(f"models total {size_mb:.0f} MB > {max_models_mb:.0f} MB: not bundled; the add-on finds them "
+                  "in the backend's checkout (docs/ADDON.md)", file=sys.stderr)
+    for lic in ("LICENSE", "LICENSE.md", "COPYING"):
+        if (root / lic).is_file():
+            entries.append((root / lic, lic))
+            break
+    tmp = zip_path.with_name(zip_path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for src, arc in entries:
+            compress = zipfile.ZIP_STORED if src.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
+            zf.write(src, arc, compress_type=compress)
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+def blender_ext_script() -> Path | None:
+    """Blender's extension command-line tool (bl_pkg/cli/blender_ext.py) from the bpy module, if any."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("bpy")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        for p in Path(loc).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"):
+            return p
+    return None
+
+
+def validate(zip_path: Path) -> tuple[bool, str]:
+    """Run Blender's own validator on the zip. (True, "skipped ...") when it is not available."""
+    script = blender_ext_script()
+    if script is None:
+        return True, "skipped: Blender's extension validator (bpy module) is not available"
+    proc = subprocess.run([sys.executable, str(script), "validate", str(zip_path)],
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "dist"), help="output folder (default: dist/)")
+    ap.add_argument("--no-models", action="store_true", help="do not bundle models/ in the zip")
+    ap.add_argument("--max-models-mb", type=float, default=50.0, help="bundle models only up to this size")
+    ap.add_argument("--no-validate", action="store_true", help="skip Blender's manifest validation")
+    args = ap.parse_args(argv)
+    zip_path = build(Path(args.out), include_models=not args.no_models, max_models_mb=args.max_models_mb)
+    with zipfile.ZipFile(zip_path) as zf:
+        n = len(zf.namelist())
+    print(f"{zip_path} ({n} files, {zip_path.stat().st_size / 2**20:.1f} MB)")
+    if not args.no_validate:
+        ok, msg = validate(zip_path)
+        print(msg)
+        if not ok:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

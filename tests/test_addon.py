@@ -1,0 +1,604 @@
+"""The Blender add-on, with real Blender (the bpy module), headless, on the CPU.
+
+The end-to-end tests use the fixtures `person_photo` (a project-rendered photo) and `tiny_model` (a small
+trained checkpoint) from tests/conftest.py and skip, saying so, while those are not there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+import addon_utils  # noqa: E402  (ships with bpy)
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+ASTRONAUT = Path(__import__("skimage").__file__).parent / "data" / "astronaut.png"  # ships in the wheel
+ADDON = "blender_addon"
+E2E_TIMEOUT = 300.0
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def need(assets, name):
+    if assets[name] is None:
+        pytest.skip(f"fixture '{name}' is not provided yet (tests/conftest.py)")
+    return assets[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures
+#
+# Other tests in the session (rendering) reset Blender with read_factory_settings, which disables add-ons
+# and frees the scene: so the add-on is (re-)enabled per test, and the session fixtures that render
+# (`person_photo`, `tiny_model`) are resolved first, through `assets`, before any bpy pointer is taken.
+
+
+@pytest.fixture(scope="module")
+def user_dir_env(tmp_path_factory):
+    old = os.environ.get("MONOHUMAN_USER_DIR")
+    os.environ["MONOHUMAN_USER_DIR"] = str(tmp_path_factory.mktemp("monohuman_user"))
+    yield
+    from blender_addon import jobs
+
+    jobs.shutdown()
+    if ADDON in bpy.context.preferences.addons:
+        addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    if old is None:
+        os.environ.pop("MONOHUMAN_USER_DIR", None)
+    else:
+        os.environ["MONOHUMAN_USER_DIR"] = old
+
+
+@pytest.fixture
+def assets(request):
+    """The conftest's rendered photo and tiny model (None while they are not provided)."""
+    out = {}
+    for name in ("person_photo", "tiny_model"):
+        try:
+            out[name] = str(request.getfixturevalue(name))
+        except pytest.FixtureLookupError:
+            out[name] = None
+    return out
+
+
+@pytest.fixture
+def addon(user_dir_env):
+    """The add-on enabled as Blender enables add-ons, with its user folder in a temp dir."""
+    if ADDON not in bpy.context.preferences.addons or not hasattr(bpy.types, "MONOHUMAN_PT_main"):
+        mod = addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+        assert mod is not None
+    return sys.modules[ADDON]
+
+
+def _raise(exc):
+    raise exc
+
+
+@pytest.fixture
+def prefs(addon):
+    p = bpy.context.preferences.addons[ADDON].preferences
+    saved = {k: getattr(p, k) for k in ("backend_python", "models_dir", "device", "execution")}
+    p.device = "CPU"
+    yield p
+    for k, v in saved.items():
+        setattr(p, k, v)
+
+
+@pytest.fixture
+def props(addon):
+    p = bpy.context.scene.monohuman
+    names = ("photo_source", "photo_path", "method", "model", "subject_height", "smoothing", "face_budget",
+             "project_texture", "add_armature", "show_landmarks")
+    saved = {k: getattr(p, k) for k in names}
+    yield p
+    for k, v in saved.items():
+        setattr(p, k, v)
+    p.photo_image = None
+
+
+DATA_KINDS = ("objects", "meshes", "materials", "images", "collections", "armatures")
+
+
+def snapshot():
+    scene = bpy.context.scene
+    return ({k: set(getattr(bpy.data, k).keys()) for k in DATA_KINDS},
+            set(scene.collection.children.keys()), set(scene.objects.keys()))
+
+
+@pytest.fixture
+def clean_scene(addon):
+    """Snapshot of the scene; whatever a test adds is removed afterwards."""
+    before = snapshot()
+    yield before
+    for kind in DATA_KINDS:
+        coll = getattr(bpy.data, kind)
+        for name in set(coll.keys()) - before[0][kind]:
+            if name in coll:
+                coll.remove(coll[name])
+
+
+def run_reconstruct(**kw):
+    return bpy.ops.monohuman.reconstruct(wait=True, timeout=E2E_TIMEOUT, **kw)
+
+
+class FakeOp:
+    """Collects reports like an operator (for finish_job outside an operator)."""
+
+    def __init__(self):
+        self.reports = []
+
+    def report(self, kind, message):
+        self.reports.append((set(kind), message))
+
+
+# --------------------------------------------------------------------------------------------------
+# Packaging
+
+
+def test_manifest_is_valid():
+    with open(ROOT / "blender_manifest.toml", "rb") as f:
+        m = tomllib.load(f)
+    for key in ("schema_version", "id", "version", "name", "tagline", "maintainer", "type", "license",
+                "blender_version_min"):
+        assert m.get(key), key
+    assert m["schema_version"] == "1.0.0" and m["id"] == "monohuman" and m["type"] == "add-on"
+    assert m["blender_version_min"] == "4.2.0"
+    assert "SPDX:GPL-3.0-or-later" in m["license"]
+    assert len(m["tagline"]) <= 64 and m["tagline"][-1].isalnum()
+    assert m["permissions"]["files"] and "network" not in m["permissions"]
+
+
+def test_built_zip_has_manifest_addon_and_nothing_else(tmp_path):
+    from scripts.build_addon import blender_ext_script, build, validate
+
+    zip_path = build(tmp_path, include_models=False)
+    assert zip_path.name.startswith("monohuman-") and zip_path.suffix == ".zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
+    assert manifest["id"] == "monohuman"
+    assert zip_path.name == f"monohuman-{manifest['version']}.zip"
+    for required in ("__init__.py", "jobs.py", "operators.py", "panel.py", "preferences.py", "properties.py",
+                     "build_mesh.py", "vendor/core/__init__.py", "vendor/core/backend.py",
+                     "vendor/core/reconstruct.py"):
+        assert required in names, required
+    for n in names:
+        assert not n.startswith(("tests/", "train/", ".venv/", "venv/", "blender_addon/", "dist/")), n
+        assert "__pycache__" not in n and not n.endswith((".pyc", ".npz")), n
+        assert "site-packages" not in n, n
+    ok, message = validate(zip_path)
+    assert ok, message
+    if blender_ext_script() is not None:
+        assert "Success" in message
+
+
+def test_addon_module_imports_no_torch_or_core():
+    code = ("import sys; sys.path.insert(0, %r); import bpy, blender_addon, blender_addon.jobs, "
+            "blender_addon.build_mesh; bad = [m for m in ('torch', 'core', 'mediapipe', 'cv2') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)" % str(ROOT))
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_register_unregister_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONOHUMAN_USER_DIR", str(tmp_path))
+    was_enabled = ADDON in bpy.context.preferences.addons
+    if was_enabled:
+        addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    for _ in range(2):
+        assert addon_utils.enable(ADDON, default_set=True, handle_error=_raise) is not None
+        assert hasattr(bpy.types, "MONOHUMAN_PT_main") and hasattr(bpy.types, "MONOHUMAN_OT_reconstruct")
+        assert bpy.context.scene.monohuman.subject_height == pytest.approx(1.70)
+        assert bpy.context.preferences.addons[ADDON].preferences.device == "AUTO"
+        addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+        assert not hasattr(bpy.types, "MONOHUMAN_PT_main")
+        assert not hasattr(bpy.types, "MONOHUMAN_OT_reconstruct")
+        assert not hasattr(bpy.types.Scene, "monohuman")
+    if was_enabled:
+        addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+
+
+def test_backend_python_autodetected_from_checkout():
+    from blender_addon import paths
+
+    detected = paths.detect_backend_python()
+    venv = paths.venv_python(ROOT)
+    assert detected == (str(venv) if venv else "")
+    assert paths.checkout_for_python(ROOT / ".venv" / "bin" / "python") == ROOT
+    assert paths.backend_cwd(str(ROOT / ".venv" / "bin" / "python")) == ROOT
+
+
+# --------------------------------------------------------------------------------------------------
+# build_mesh on a synthetic result
+
+
+def synthetic_result(tmp_path, height=1.70, armature=False):
+    import bmesh
+
+    bm = bmesh.new()
+    bmesh.ops.create_icosphere(bm, subdivisions=3, radius=1.0)
+    v = np.array([x.co[:] for x in bm.verts], np.float64)
+    f = np.array([[lp.vert.index for lp in face.loops] for face in bm.faces], np.int32)
+    bm.free()
+    v = (v - v.min(axis=0)) / (v.max(axis=0) - v.min(axis=0))  # unit box
+    v = v * np.array([0.45, 0.25, height]) - np.array([0.225, 0.125, 0.0])  # feet on z = 0, centred
+    uv = np.stack([v[:, 0] / 0.45 + 0.5, v[:, 2] / height], axis=1)
+    photo = np.zeros((64, 48, 3), np.uint8)
+    photo[..., 0] = 200
+    photo[16:48, 12:36] = (40, 160, 90)
+    tex = tmp_path / "photo_texture.png"
+    from PIL import Image
+
+    Image.fromarray(photo).save(tex)
+    res = {"vertices": v.astype(np.float32), "faces": f, "uv": uv.astype(np.float32), "texture": str(tex),
+           "landmarks_image": str(tex), "photo": str(tmp_path / "jane doe.jpg"),
+           "person_colour": np.array([0.2, 0.6, 0.35], np.float32), "warnings": [], "model_name": "synthetic"}
+    if armature:
+        res.update({"armature_names": np.array(["hips", "chest"]),
+                    "armature_heads": np.array([[0, 0, 0.9], [0, 0, 1.2]], np.float32),
+                    "armature_tails": np.array([[0, 0, 1.2], [0, 0, 1.5]], np.float32),
+                    "armature_parents": np.array([-1, 0], np.int32),
+                    "armature_weights": np.stack([v[:, 2] < 1.2, v[:, 2] >= 1.2], 1).astype(np.float32)})
+    return res
+
+
+def world_z_range(obj):
+    from mathutils import Vector
+
+    zs = [(obj.matrix_world @ Vector(c)).z for c in obj.bound_box]
+    return min(zs), max(zs)
+
+
+def check_body(obj, height, cursor_z, photo_image_size=None):
+    assert obj.type == "MESH" and len(obj.data.polygons) > 0
+    assert obj.users_collection[0].name == "Monohuman"
+    zmin, zmax = world_z_range(obj)
+    assert zmin == pytest.approx(cursor_z, abs=1e-4)
+    assert (zmax - zmin) == pytest.approx(height, rel=0.02)
+    assert all(p.use_smooth for p in obj.data.polygons)
+    mat = obj.active_material
+    assert mat is not None
+    images = [n.image for n in mat.node_tree.nodes if n.type == "TEX_IMAGE" and n.image is not None]
+    assert len(images) == 1 and images[0].packed_file is not None
+    if photo_image_size is not None:
+        assert tuple(images[0].size) == tuple(photo_image_size)
+    assert "Photo" in obj.data.uv_layers
+
+
+def test_build_mesh_from_synthetic_result(addon, clean_scene, tmp_path):
+    from blender_addon import build_mesh
+
+    bpy.context.scene.cursor.location = (0.4, -0.3, 0.25)
+    out = build_mesh.build_result(synthetic_result(tmp_path), show_landmarks=True)
+    objs, children, scene_objs = snapshot()
+    new = objs["objects"] - clean_scene[0]["objects"]
+    assert new == {"jane doe"}
+    obj = out["object"]
+    assert obj.name == "jane doe" and out["armature"] is None
+    assert tuple(obj.location) == pytest.approx((0.4, -0.3, 0.25))
+    check_body(obj, 1.70, 0.25, photo_image_size=(48, 64))
+    assert "Monohuman" in children
+    assert out["landmarks"] is not None and obj["monohuman_landmarks_image"] == out["landmarks"].name
+    assert bpy.context.view_layer.objects.active == obj
+    # faces -Y: the front (most negative y) of the mesh is where the photo projects
+    co = np.array([v.co[:] for v in obj.data.vertices])
+    assert co[:, 1].min() == pytest.approx(-0.125, abs=1e-3)
+
+
+def test_build_mesh_with_armature(addon, clean_scene, tmp_path):
+    from blender_addon import build_mesh
+
+    bpy.context.scene.cursor.location = (0, 0, 0)
+    out = build_mesh.build_result(synthetic_result(tmp_path, armature=True))
+    obj, arm = out["object"], out["armature"]
+    assert arm is not None and arm.type == "ARMATURE" and obj.parent == arm
+    assert [b.name for b in arm.data.bones] == ["hips", "chest"] and arm.data.bones["chest"].parent.name == "hips"
+    assert {g.name for g in obj.vertex_groups} == {"hips", "chest"}
+    assert any(m.type == "ARMATURE" and m.object == arm for m in obj.modifiers)
+    check_body(obj, 1.70, 0.0)
+
+
+def test_build_mesh_failure_leaves_nothing(addon, clean_scene, tmp_path):
+    from blender_addon import build_mesh
+
+    bad = synthetic_result(tmp_path, armature=True)
+    bad["armature_weights"] = bad["armature_weights"][:10]  # fails after mesh, material, image exist
+    with pytest.raises(ValueError):
+        build_mesh.build_result(bad)
+    assert snapshot() == clean_scene
+    bad = synthetic_result(tmp_path)
+    bad["faces"] = bad["faces"] + 10_000
+    with pytest.raises(ValueError):
+        build_mesh.build_result(bad)
+    assert snapshot() == clean_scene
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors through the operator: a report naming the problem and the fix, the scene unchanged
+
+
+@pytest.fixture
+def model_or_missing(assets, tmp_path):
+    return assets["tiny_model"] or str(tmp_path / "no-such-model")
+
+
+def expect_error(match):
+    with pytest.raises(RuntimeError, match=match):
+        run_reconstruct()
+
+
+def test_error_missing_photo(prefs, props, clean_scene, tmp_path):
+    prefs.execution = "IN_PROCESS"
+    props.photo_source, props.photo_path = "FILE", str(tmp_path / "nobody.jpg")
+    expect_error(r"Photo not found: .*nobody\.jpg\. Check the path")
+    assert snapshot() == clean_scene
+    props.photo_path = ""
+    expect_error("No photo is chosen")
+    assert snapshot() == clean_scene
+
+
+@pytest.mark.parametrize("execution", ["IN_PROCESS", "BACKEND"])
+def test_error_not_an_image(model_or_missing, prefs, props, clean_scene, tmp_path, execution):
+    prefs.execution = execution
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is not a picture")
+    props.photo_source, props.photo_path, props.model = "FILE", str(fake), model_or_missing
+    expect_error(r"Not a readable image: .*holiday\.png.*Use a JPEG, PNG or WebP photo")
+    assert snapshot() == clean_scene
+
+
+@pytest.mark.parametrize("execution", ["IN_PROCESS", "BACKEND"])
+def test_error_blank_image_no_person(assets, prefs, props, clean_scene, tmp_path, execution):
+    model = need(assets, "tiny_model")  # detection runs after the model loads
+    prefs.execution = execution
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((240, 320, 3), 127, np.uint8)).save(blank)
+    props.photo_source, props.photo_path, props.model = "FILE", str(blank), str(model)
+    expect_error(r"No person found")
+    assert snapshot() == clean_scene
+
+
+@pytest.mark.parametrize("execution", ["IN_PROCESS", "BACKEND"])
+def test_error_model_missing(prefs, props, clean_scene, tmp_path, execution):
+    prefs.execution = execution
+    props.photo_source, props.photo_path = "FILE", str(ASTRONAUT)
+    props.model = str(tmp_path / "missing-model")
+    expect_error(r"missing-model")
+    assert snapshot() == clean_scene
+
+
+def test_error_backend_python_wrong(prefs, props, clean_scene, tmp_path):
+    prefs.execution = "BACKEND"
+    props.photo_source, props.photo_path = "FILE", str(ASTRONAUT)
+    prefs.backend_python = str(tmp_path / "no" / "python")
+    expect_error(r"Backend Python not found: .*Set Preferences > Add-ons > Monohuman > Backend Python")
+    assert snapshot() == clean_scene
+    not_python = tmp_path / "python"  # exists, runs, but is not a Python with core
+    not_python.write_text("#!/bin/sh\necho 'not python' >&2\nexit 7\n")
+    not_python.chmod(0o755)
+    prefs.backend_python = str(not_python)
+    expect_error(r"backend process ended \(exit status 7\).*not python.*Backend Python")
+    assert snapshot() == clean_scene
+
+
+# --------------------------------------------------------------------------------------------------
+# Cancel
+
+
+@pytest.mark.parametrize("execution", ["IN_PROCESS", "BACKEND"])
+def test_cancel_stops_the_work_and_leaves_the_scene(assets, model_or_missing, prefs, props, clean_scene,
+                                                     execution):
+    from blender_addon import jobs, operators
+
+    photo = assets["person_photo"] or str(ASTRONAUT)
+    prefs.execution = execution
+    props.photo_source, props.photo_path, props.model = "FILE", photo, model_or_missing
+    job = operators.start_job(bpy.context)
+    assert jobs.current() is job and not job.finished
+    assert bpy.ops.monohuman.cancel() == {"FINISHED"}
+    assert job.wait(timeout=60) == jobs.CANCELLED
+    if execution == "BACKEND":
+        assert job.process.poll() is not None  # the process is gone
+    else:
+        assert not job._thread.is_alive()  # the worker has stopped
+    op = FakeOp()
+    assert operators.finish_job(op, bpy.context, job) == {"CANCELLED"}
+    assert any("cancelled" in msg for _, msg in op.reports)
+    assert snapshot() == clean_scene
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end: rendered photo + tiny checkpoint -> one mesh object, both paths, same mesh
+
+
+@pytest.mark.parametrize("execution", ["IN_PROCESS", "BACKEND"])
+def test_reconstruct_operator_end_to_end(assets, prefs, props, clean_scene, execution):
+    photo = need(assets, "person_photo")
+    model = need(assets, "tiny_model")
+    prefs.execution = execution
+    prefs.backend_python = PYTHON
+    props.photo_source, props.photo_path, props.model = "FILE", str(photo), str(model)
+    props.subject_height, props.project_texture, props.show_landmarks = 1.82, True, True
+    bpy.context.scene.cursor.location = (0.5, -1.0, 0.25)
+    assert run_reconstruct() == {"FINISHED"}
+    new = snapshot()[0]["objects"] - clean_scene[0]["objects"]
+    assert len(new) == 1, new
+    obj = bpy.data.objects[new.pop()]
+    assert obj.name.startswith(Path(photo).stem[:60])
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        size = im.size
+    scale = min(1.0, 2048 / max(size))
+    check_body(obj, 1.82, 0.25, photo_image_size=(round(size[0] * scale), round(size[1] * scale)))
+    assert tuple(obj.location)[:2] == pytest.approx((0.5, -1.0))
+    assert obj["monohuman_photo"] == str(photo)
+    assert bpy.data.images.get(obj["monohuman_landmarks_image"]) is not None
+
+
+def test_in_process_and_backend_give_the_same_mesh(assets, prefs, addon, tmp_path):
+    photo = need(assets, "person_photo")
+    model = need(assets, "tiny_model")
+    from blender_addon import build_mesh, jobs
+
+    results = {}
+    for execution in ("IN_PROCESS", "BACKEND"):
+        req = {"photo": str(photo), "model": str(model), "method": "vrn", "device": "cpu",
+               "subject_height": 1.70, "smoothing": 1, "face_budget": None,
+               "output": str(tmp_path / f"{execution}.npz")}
+        job = jobs.start(req, execution=execution, python=PYTHON)
+        assert job.wait(timeout=E2E_TIMEOUT) == jobs.DONE, job.error
+        results[execution] = build_mesh.load_result(job.result_path)
+    a, b = results["IN_PROCESS"], results["BACKEND"]
+    assert a["faces"].shape == b["faces"].shape and np.array_equal(a["faces"], b["faces"])
+    np.testing.assert_allclose(a["vertices"], b["vertices"], atol=1e-5)
+    np.testing.assert_allclose(a["uv"], b["uv"], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Smaller pieces
+
+
+def test_image_already_in_blender_becomes_a_file(addon, clean_scene, tmp_path):
+    from blender_addon import build_mesh
+
+    img = bpy.data.images.new("loaded photo", 8, 4, alpha=True)
+    px = np.zeros((4, 8, 4), np.float32)
+    px[..., 0] = np.linspace(0, 1, 8)[None, :]
+    px[..., 3] = 1
+    img.pixels.foreach_set(px.ravel())
+    path = build_mesh.image_file_for(img, tmp_path)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    assert arr.shape == (4, 8, 3)
+    assert np.abs(arr[0, :, 0].astype(float) - np.round(np.linspace(0, 255, 8))).max() <= 1
+    assert set(bpy.data.images.keys()) - clean_scene[0]["images"] == {"loaded photo"}  # no temp left
+
+
+def test_backend_protocol_rejects_bad_request():
+    proc = subprocess.run([PYTHON, "-m", "core.backend"], input="not json\n", capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    import json
+
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 2 and last["kind"] == "InputError" and "not valid JSON" in last["error"]
+
+
+def test_check_backend_operator(prefs):
+    prefs.backend_python = PYTHON
+    assert bpy.ops.monohuman.check_backend(wait=True) == {"FINISHED"}
+    assert prefs.check_report.startswith("OK"), prefs.check_report
+    assert "torch" in prefs.check_report
+
+
+class _Layout:
+    """Accepts any UILayout call (headless Blender has no real layout to draw into)."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getattr__(self, name):
+        def call(*args, **kw):
+            self.calls.append((name, args, kw))
+            return _Layout(self.calls)
+
+        return call
+
+    def __setattr__(self, name, value):
+        if name == "calls":
+            object.__setattr__(self, name, value)
+
+
+def test_panel_and_preferences_draw_in_every_state(prefs, props, tmp_path):
+    from blender_addon import jobs, panel, preferences
+
+    calls = []
+    fake = type("P", (), {"layout": _Layout(calls)})()
+    ctx = bpy.context
+    for source in ("FILE", "IMAGE"):
+        props.photo_source, props.photo_path = source, str(ASTRONAUT)
+        panel.MONOHUMAN_PT_main.draw(fake, ctx)
+    running = jobs.Job({"output": str(tmp_path / "x.npz")})  # a job that is "running"
+    running.stage, running.fraction, running._alive = "network", 0.45, lambda: True
+    failed = jobs.Job({"output": str(tmp_path / "y.npz")})
+    failed.state, failed.error = jobs.ERROR, "No person found in blank.png. Use a photo of one person."
+    old = jobs._current
+    try:
+        for job in (running, failed):
+            jobs._current = job
+            panel.MONOHUMAN_PT_main.draw(fake, ctx)
+    finally:
+        jobs._current = old
+    names = [c[0] for c in calls]
+    assert "progress" in names and "template_icon" in names
+    assert any(c[0] == "operator" and c[1][0] == "monohuman.cancel" for c in calls)
+    assert any(c[0] == "label" and "No person found" in c[2].get("text", "") for c in calls)
+    preferences.MonohumanPreferences.draw(type("Q", (), {"layout": _Layout(calls), **{
+        k: getattr(prefs, k) for k in ("execution", "backend_python", "check_report", "models_dir", "device")}})(),
+        ctx)
+    panel.unregister_previews()
+
+
+INSTALLED_SCRIPT = r"""
+import json, sys, bpy, addon_utils
+zip_path, photo, model = sys.argv[1:4]
+r = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+assert r == {"FINISHED"}, r
+name = "bl_ext.user_default.monohuman"
+assert name in bpy.context.preferences.addons
+from bl_ext.user_default.monohuman import paths
+out = {"user_dir": str(paths.user_dir()), "core_root": str(paths.core_root()), "objects": []}
+if photo:
+    prefs = bpy.context.preferences.addons[name].preferences
+    prefs.device, prefs.execution = "CPU", "IN_PROCESS"
+    p = bpy.context.scene.monohuman
+    p.photo_path, p.model = photo, model
+    assert bpy.ops.monohuman.reconstruct(wait=True) == {"FINISHED"}
+    import core
+    out["core_file"] = core.__file__
+    out["objects"] = [o.name for o in bpy.data.collections["Monohuman"].objects]
+addon_utils.disable(name, default_set=True)
+assert not hasattr(bpy.types, "MONOHUMAN_PT_main")
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_zip_installs_as_an_extension(assets, tmp_path):
+    """The built zip installs into a fresh Blender user folder, registers, and (with the fixtures)
+    reconstructs in-process with the vendored core, writing into the extension user folder."""
+    from scripts.build_addon import build
+
+    zip_path = build(tmp_path / "dist", include_models=False)
+    photo, model = assets["person_photo"] or "", assets["tiny_model"] or ""
+    if not (photo and model):
+        photo = model = ""
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "blender_home")}
+    env.pop("MONOHUMAN_USER_DIR", None)
+    proc = subprocess.run([PYTHON, "-c", INSTALLED_SCRIPT, str(zip_path), photo, model], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=E2E_TIMEOUT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import json
+
+    out = json.loads(lines[-1][len("RESULT "):])
+    ext = tmp_path / "blender_home" / "extensions"
+    assert Path(out["user_dir"]) == ext / ".user" / "user_default" / "monohuman"
+    assert Path(out["core_root"]) == ext / "user_default" / "monohuman" / "vendor"
+    if photo:
+        assert Path(out["core_file"]).is_relative_to(ext / "user_default" / "monohuman" / "vendor")
+        assert out["objects"] == [Path(photo).stem[:60]]
+        assert list((Path(out["user_dir"]) / "results").glob("*.npz"))

@@ -1,0 +1,153 @@
+"""VRN family: configs, shapes for cube and tall volumes, the loss, a training step per variant."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from core.networks import (VARIANTS, VRNConfig, build_vrn, config_for, count_parameters, flops,
+                           matched_volume_features, vrn_loss)
+
+torch.set_num_threads(1)
+
+CUBE = (16, 32, 32)  # (D, H, W)
+TALL = (12, 32, 16)  # the aspect of 96 x 256 x 128
+TINY = dict(features=16)
+
+
+def tiny(name, volume=CUBE, **kw):
+    return config_for(name, volume_shape=volume, **TINY, **kw)
+
+
+def test_variants_match_the_paper():
+    assert set(VARIANTS) == {"vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only",
+                             "mask-only", "conv3d"}
+    g, m = VARIANTS["vrn-guided"], VARIANTS["multistack"]
+    assert (g.stacks, g.modules_per_hourglass, g.block, g.supervise_all) == (2, 4, "old-residual", False)
+    assert (m.stacks, m.modules_per_hourglass, m.block, m.supervise_all) == (4, 2, "multiscale", True)
+    assert m.inputs == ("image", "landmarks") and m.features == 256 and m.volume_shape == (128, 128, 128)
+    assert VARIANTS["old-residual"] == dataclasses.replace(m, variant="old-residual", block="old-residual")
+    for name, inputs in [("image-only", ("image",)), ("landmarks-only", ("landmarks",)), ("mask-only", ("mask",))]:
+        assert VARIANTS[name] == dataclasses.replace(m, variant=name, inputs=inputs)
+    c3 = VARIANTS["conv3d"]
+    assert c3.block == "flat3d" and c3.stacks == 4 and c3.volume_features == matched_volume_features(256, 128)
+
+
+def test_config_json_round_trip_and_strictness():
+    for name in VARIANTS:
+        c = tiny(name, TALL)
+        d = json.loads(json.dumps(c.to_dict()))
+        assert VRNConfig.from_dict(d) == c
+    with pytest.raises(ValueError, match="unknown VRN config keys"):
+        VRNConfig.from_dict({**VARIANTS["multistack"].to_dict(), "dropout": 0.1})
+    with pytest.raises(ValueError, match="unknown VRN variant"):
+        VRNConfig.from_dict({**VARIANTS["multistack"].to_dict(), "variant": "nope"})
+    with pytest.raises(ValueError, match="unknown VRN config keys"):
+        config_for("multistack", widht=3)
+    # inputs are a set; the channel order is always image, landmarks, mask
+    assert config_for("multistack", inputs=["mask", "image"]).inputs == ("image", "mask")
+    assert config_for("multistack", inputs=["mask", "image"]).in_channels == 4
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="cannot be halved"):
+        config_for("multistack", volume_shape=(16, 32, 32), hourglass_depth=4)
+    with pytest.raises(ValueError, match="input_size"):
+        config_for("multistack", input_size=(100, 128))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        config_for("multistack", features=20)
+    with pytest.raises(ValueError, match="depth D divisible"):
+        config_for("conv3d", volume_shape=(18, 32, 32))
+    # the adaptations config_for makes when only volume_shape changes
+    c = config_for("multistack", volume_shape=(96, 256, 128))
+    assert c.input_size == (256, 128) and c.hourglass_depth == 4 and c.grid == (64, 32)
+    assert config_for("multistack", volume_shape=TALL).hourglass_depth == 2
+    assert config_for("multistack", input_size=(256, 256)).stem_stride == 8
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("volume", [CUBE, TALL], ids=["cube", "tall"])
+def test_shapes(name, volume):
+    cfg = tiny(name, volume)
+    torch.manual_seed(0)
+    net = build_vrn(cfg)
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size)
+    outs = net(x)
+    assert len(outs) == (cfg.stacks if cfg.supervise_all else 1)
+    assert all(o.shape == (2, *volume) for o in outs)
+    net.eval()
+    with torch.no_grad():
+        final = net(x, final_only=True)
+        assert len(final) == 1 and torch.equal(final[0], net(x)[-1])
+        p = net.predict(x)
+    assert p.shape == (2, *volume) and 0 <= p.min() and p.max() <= 1
+
+
+def test_stride8_input_and_channels_last():
+    cfg = config_for("conv3d", volume_shape=CUBE, input_size=(64, 64), **TINY)
+    assert cfg.stem_stride == 8
+    net = build_vrn(cfg).eval()
+    x = torch.randn(1, cfg.in_channels, 64, 64)
+    with torch.no_grad():
+        ref = net(x)[-1]
+        net.to_channels_last()
+        out = net(x.contiguous(memory_format=torch.channels_last))[-1]
+    assert out.shape == (1, *CUBE) and torch.allclose(out, ref, atol=1e-4)
+    with pytest.raises(ValueError, match="expects input"):
+        net(torch.randn(1, cfg.in_channels + 1, 64, 64))
+
+
+def test_loss_is_mean_bce_summed_over_stacks():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, 0.0]], [[-3.0, 4.0], [1.0, -0.5]]]])  # (1, 2, 2, 2)
+    target = torch.tensor([[[[1, 0], [0, 1]], [[0, 1], [1, 1]]]], dtype=torch.uint8)
+    by_hand = 0.0
+    for z, t in zip(logits.flatten().tolist(), target.flatten().tolist()):
+        p = 1 / (1 + math.exp(-z))
+        by_hand -= t * math.log(p) + (1 - t) * math.log(1 - p)
+    by_hand /= 8
+    assert vrn_loss(logits, target).item() == pytest.approx(by_hand, rel=1e-6)
+    assert vrn_loss([logits, logits, logits], target.bool()).item() == pytest.approx(3 * by_hand, rel=1e-6)
+    # stable for huge logits
+    big = torch.full((1, 2, 2, 2), 1e4)
+    assert torch.isfinite(vrn_loss(big, torch.zeros_like(big)))
+    with pytest.raises(ValueError, match="shape"):
+        vrn_loss(logits, target[:, :1])
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_training_steps_lower_the_loss(name):
+    cfg = tiny(name, TALL)
+    torch.manual_seed(0)
+    net = build_vrn(cfg).train()
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size)
+    d, h, w = cfg.volume_shape
+    zz, yy, xx = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
+    target = (((zz - d / 2) / (d / 3)) ** 2 + ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 < 1)
+    target = target.expand(2, d, h, w)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = vrn_loss(net(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+
+
+def test_group_norm_and_bilinear_head_options():
+    cfg = tiny("multistack", CUBE, norm="group", head="bilinear")
+    net = build_vrn(cfg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert net(torch.randn(1, cfg.in_channels, *cfg.input_size))[-1].shape == (1, *CUBE)
+
+
+def test_conv3d_flops_roughly_match_multistack():
+    ms, c3 = config_for("multistack", features=64), config_for("conv3d", features=64)
+    assert c3.volume_features == matched_volume_features(64, 128) == 20
+    ratio = flops(c3) / flops(ms)
+    assert 0.7 < ratio < 1.3, ratio
+    assert count_parameters(build_vrn(tiny("multistack"))) > 0

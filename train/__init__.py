@@ -1,0 +1,1 @@
+"""Monohuman training: dataset generation (Blender, Anny bodies, scans), voxelisation, training and evaluation."""

@@ -1,0 +1,617 @@
+"""Make a synthetic training set: posed, dressed Anny bodies (or a folder of scans) rendered in Blender and
+voxelised in the image-aligned frame (docs/ARCHITECTURE.md, "A training sample on disk").
+
+    python -m train.make_dataset --out DIR --count N [--source anny | --scans DIR] [--seed S]
+        [--shard I/N] [--workers W] [--size 128|256] [--volume DxHxW] [--engine cycles|workbench]
+        [--samples SPP] [--denoise] [--preview] [--split-every K] [--backgrounds DIR]
+    python -m train.make_dataset merge OUT DIR1 DIR2 ...
+
+    blender -b -P train/make_dataset.py -- ARGS       (a Blender install instead of the bpy module;
+        core's and anny's dependencies - numpy<2, torch, anny, opencv, mediapipe, scikit-image, trimesh,
+        tqdm - must be importable by Blender's Python, e.g. PYTHONPATH=/path/to/venv/site-packages)
+
+Per sample i (everything from rng = np.random.default_rng([seed, i]), so a sample depends only on
+(seed, i), never on the shard or worker that makes it):
+body (train.bodies / a scan) -> scene (train.scene) -> render the "photo" (train.render) -> crop box from
+the rasterised mask (core.crop.crop_box_from_mask with scale jitter U(0.9, 1.1) and shift jitter
+U(-0.04, 0.04): the paper's scale augmentation, free at generation time) -> crop rgb (core.crop.crop_image,
+linear), rasterise mask and parts directly in the crop (exact) -> landmarks16 (anny's COCO keypoints
+projected, core.landmarks.mpii16_from_coco17) and landmarks16_detected (core.detect on the crop; NaN when
+nobody is found) -> train.voxelise.project_to_volume + voxelise (+ one surface voxel in the few columns
+whose silhouette chord is thinner than a voxel, so the front view is the rendered silhouette; counted in
+meta "silhouette_voxels_added") -> samples/NNNNNNN.npz (atomic).
+
+Shards: --shard I/N makes the indices i < count with i % N == I.  --workers W splits that into W
+sub-shards (i % (N*W) == I + k*N) run as W separate processes of this same command.  Existing samples are
+skipped, so a killed run resumes where it stopped.  At the end (of the whole run, not of each worker):
+manifest.jsonl (sorted, rebuilt from the sample files), card.json, timings.json and, with --preview,
+preview.png.  Splits: a body is "test" when body_id % K == K - 1 (K = --split-every, default 10); Anny
+bodies are one per sample (body_id = index), a scan's body_id is its position in the sorted scan list, so
+no body is in two splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a script, e.g. by `blender -b -P`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+FORMAT = "monohuman-dataset"
+FORMAT_VERSION = 1
+STAGES = ("body", "scene", "render", "crop", "detect", "voxelise", "write")
+
+
+# ------------------------------------------------------------------------------------------- args
+
+def _volume(text: str):
+    try:
+        d, h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--volume wants DxHxW, e.g. 128x128x128; got {text!r}")
+    if min(d, h, w) <= 0:
+        raise argparse.ArgumentTypeError("--volume sizes must be positive")
+    return d, h, w
+
+
+def _shard(text: str):
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants I/N, e.g. 0/4; got {text!r}")
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N; got {text!r}")
+    return i, n
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m train.make_dataset", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--count", type=int, required=True, help="number of samples in the whole dataset")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", choices=["anny"], default="anny")
+    src.add_argument("--scans", default=None, help="folder of OBJ/PLY/GLB/FBX scans instead of Anny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: make indices i with i %% N == I")
+    p.add_argument("--workers", type=int, default=1, help="Blender processes on this machine")
+    p.add_argument("--size", type=int, default=128, help="input height in pixels (width from the volume)")
+    p.add_argument("--volume", type=_volume, default=(128, 128, 128), help="DxHxW, e.g. 128x128x128")
+    p.add_argument("--engine", choices=["cycles", "workbench"], default="cycles")
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
+    p.add_argument("--denoise", action="store_true", help="Cycles OpenImageDenoise")
+    p.add_argument("--threads", type=int, default=0, help="render threads per process (0 = all)")
+    p.add_argument("--preview", action="store_true", help="write preview.png (contact sheet)")
+    p.add_argument("--split-every", type=int, default=10, help="K: body_id %% K == K-1 is 'test'")
+    p.add_argument("--backgrounds", default=None, help="folder of background images")
+    p.add_argument("--no-detect", action="store_true", help="skip mediapipe (landmarks16_detected = NaN)")
+    p.add_argument("--progress", choices=["auto", "none"], default="auto")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: no finalise
+    return p
+
+
+def _argv():
+    if "--" in sys.argv:  # blender -b -P script -- ARGS
+        return sys.argv[sys.argv.index("--") + 1:]
+    return sys.argv[1:]
+
+
+# ------------------------------------------------------------------------------------------- context
+
+class Context:
+    def __init__(self, args):
+        from train.scene import SceneConfig
+
+        self.args = args
+        self.shape = tuple(args.volume)
+        D, H, W = self.shape
+        self.in_hw = (int(args.size), int(round(args.size * W / H)))
+        self.cfg = SceneConfig(engine=args.engine, samples=args.samples, denoise=args.denoise,
+                               threads=args.threads, background_dir=args.backgrounds)
+        self.scans = None
+        self.scan_problems = []
+        if args.scans:
+            self.scans, self.scan_problems = load_scans(args.scans)
+            if not self.scans:
+                from core.errors import DataError
+                raise DataError(f"No usable scan in {args.scans}.",
+                                "Put OBJ/PLY/GLB/FBX files of whole people there.")
+
+
+def _scan_files(folder):
+    exts = (".obj", ".ply", ".glb", ".gltf", ".fbx", ".stl", ".off")
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+def load_scans(folder):
+    """[(name, vertices, faces)] of the usable scans (sorted by name) and [(name, reason)] of the broken."""
+    try:
+        from train.scans import iter_scans
+    except ImportError:
+        iter_scans = _iter_scans_fallback
+    import io
+    import contextlib
+
+    buf = io.StringIO()
+    good = []
+    with contextlib.redirect_stdout(buf):
+        for path, mesh in iter_scans(folder):
+            good.append((Path(path).name, np.asarray(mesh.vertices, np.float64),
+                         np.asarray(mesh.faces, np.int64)))
+    good.sort(key=lambda t: t[0])
+    names = {g[0] for g in good}
+    notes = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+    problems = []
+    for p in _scan_files(folder):
+        if p.name not in names:
+            why = next((ln for ln in notes if p.name in ln), "could not be used")
+            problems.append((p.name, why))
+    for name, why in problems:
+        print(f"skipping broken scan {name}: {why}", file=sys.stderr)
+    return good, problems
+
+
+def _iter_scans_fallback(folder):
+    """Used only when train.scans is absent: load with trimesh, Z up assumed, scale untouched."""
+    import trimesh
+
+    for p in _scan_files(folder):
+        try:
+            m = trimesh.load(p, force="mesh", process=True)
+            if len(m.faces) == 0 or not np.all(np.isfinite(m.vertices)):
+                raise ValueError("empty or non-finite mesh")
+            if not m.is_watertight and len(m.faces) < 20:
+                raise ValueError("not a closed surface")
+        except Exception as e:
+            print(f"{p.name}: {e}")
+            continue
+        v = np.asarray(m.vertices) - [0, 0, m.vertices[:, 2].min()]
+        yield p, trimesh.Trimesh(v, m.faces, process=False)
+
+
+# ------------------------------------------------------------------------------------------- one sample
+
+def body_id_of(index: int, ctx: Context) -> int:
+    return index % len(ctx.scans) if ctx.scans else index
+
+
+def split_of(body_id: int, k: int) -> str:
+    return "test" if k > 0 and body_id % k == k - 1 else "train"
+
+
+def make_sample(index: int, ctx: Context) -> dict:
+    """Make sample `index` and write it. Returns the per-stage timings (seconds)."""
+    from core.crop import crop_box_from_mask, crop_image
+    from core.landmarks import mpii16_from_coco17
+    from train import bodies
+    from train.render import face_part_labels, rasterise, render_photo
+    from train.samples import sample_path, write_sample
+    from train.scene import clothing_regions, dress, project, sample_scene
+    from train.voxelise import project_to_volume, voxelise
+
+    args, cfg = ctx.args, ctx.cfg
+    D, H, W = ctx.shape
+    in_hw = ctx.in_hw
+    tm = {}
+    t = time.perf_counter()
+    rng = np.random.default_rng([int(args.seed), int(index)])
+    body_id = body_id_of(index, ctx)
+    if ctx.scans:
+        name, v, f = ctx.scans[body_id]
+        body = bodies.body_from_mesh(v, f, name=name)
+        # random upright rotation of the scan about Z is part of the camera yaw
+    else:
+        body = bodies.make_anny_body(rng)
+    tm["body"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    params = sample_scene(rng, body, cfg, in_hw)
+    regions = clothing_regions(body, params["appearance"])
+    dressed = dress(body, regions, params["appearance"]["thickness"])
+    tm["scene"] = time.perf_counter() - t
+    photo = render_photo(body, params, dressed, regions, cfg, timings=tm)
+
+    t = time.perf_counter()
+    scale_jitter = float(rng.uniform(0.9, 1.1))
+    shift_jitter = (float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04)))
+    box = crop_box_from_mask(photo["mask"], aspect_wh=W / H, fill=0.85, scale_jitter=scale_jitter,
+                             shift_jitter=shift_jitter)
+    rgb = crop_image(photo["rgb"], box, in_hw, interpolation="linear")
+    rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
+    uv_crop = box.to_crop(photo["uv"], in_hw)
+    flabels = face_part_labels(body.parts, body.faces)
+    mask, parts, _ = rasterise(uv_crop, photo["points_cam"][:, 2], body.faces, in_hw, flabels)
+    alpha = crop_image(photo["alpha"].astype(np.float32), box, in_hw, interpolation="linear") > 0.5
+    alpha_iou = _iou(alpha, mask)
+    cam = params["camera"]
+    if body.source == "anny":
+        uvc, _ = project(body.coco17, cam)
+        uvc = box.to_crop(uvc, in_hw)
+        vis = ((uvc[:, 0] >= 0) & (uvc[:, 0] <= in_hw[1]) & (uvc[:, 1] >= 0) & (uvc[:, 1] <= in_hw[0]))
+        lm16 = mpii16_from_coco17(np.concatenate([uvc, vis[:, None].astype(np.float64)], axis=1))
+    else:
+        lm16 = np.full((16, 3), np.nan, np.float32)
+    tm["crop"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lm_det = np.full((16, 3), np.nan, np.float32)
+    detected = False
+    if not args.no_detect:
+        from core.detect import detect_person
+        from core.errors import NoPersonError
+        try:
+            lm_det = detect_person(rgb, name=f"sample {index}").landmarks16
+            detected = True
+        except NoPersonError:
+            pass
+    tm["detect"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pc = photo["points_cam"]
+    mean_depth = float(pc[:, 2].mean())
+
+    def to_vol(p):
+        return box.to_crop(p, (H, W))
+
+    verts_vox, ppm = project_to_volume(pc, cam["focal_px"], cam["principal_xy"], to_vol, ctx.shape,
+                                       mean_depth=mean_depth)
+    volume = voxelise(verts_vox, body.faces, ctx.shape)
+    R, pos = np.asarray(cam["R_world_to_cam"]), np.asarray(cam["cam_pos"])
+    joints_cam = (body.joints - pos) @ R.T if len(body.joints) else np.zeros((0, 3))
+    if len(joints_cam):
+        joints_vox, _ = project_to_volume(joints_cam, cam["focal_px"], cam["principal_xy"], to_vol,
+                                          ctx.shape, mean_depth=mean_depth)
+    else:
+        joints_vox = np.zeros((0, 3))
+    # The voxeliser samples voxel centres along each ray; where the silhouette's chord is thinner than a
+    # voxel (grazing edges of limbs) no centre falls inside and the column stays empty although the pixel
+    # centre is on the person. Put one voxel at the surface depth there, so the front projection is the
+    # rendered silhouette (rasterised at the volume's H x W with the same pixel-centre rule).
+    mask_v, _, zb = rasterise(box.to_crop(photo["uv"], (H, W)), pc[:, 2], body.faces, (H, W))
+    front_raw = volume.any(axis=0)
+    gap = mask_v & ~front_raw
+    if gap.any():
+        hh, ww = np.nonzero(gap)
+        dd = np.clip(np.floor((zb[hh, ww] - mean_depth) * ppm + D / 2.0), 0, D - 1).astype(np.int64)
+        volume[dd, hh, ww] = True
+    front_iou_raw = _iou(front_raw, mask_v)
+    mask_at_vol = mask if (H, W) == tuple(in_hw) else crop_image(mask, box_unit(in_hw), (H, W), "nearest")
+    front_iou = _iou(volume.any(axis=0), mask_at_vol)
+    tm["voxelise"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    meta = dict(
+        format=FORMAT, format_version=FORMAT_VERSION, index=int(index), seed=int(args.seed),
+        source=body.source, body_id=int(body_id), split=split_of(body_id, args.split_every),
+        body=body.params, scene=params, crop_box=box.as_dict(), crop_jitter=dict(
+            scale=scale_jitter, shift=list(shift_jitter)),
+        input_hw=list(in_hw), volume_shape=[D, H, W], px_per_metre=ppm, mean_depth_m=mean_depth,
+        intrinsics=dict(focal_px=cam["focal_px"], principal_xy=list(cam["principal_xy"]),
+                        canvas_hw=cam["canvas_hw"]),
+        alpha_iou=alpha_iou, front_iou=front_iou, front_iou_voxeliser=front_iou_raw,
+        silhouette_voxels_added=int(gap.sum()), detected=detected,
+        vertices_outside_volume=int(np.sum(np.any((verts_vox < 0) | (verts_vox > [W, H, D]), axis=1))),
+        joints="anny bone heads, card.json joint_names" if len(joints_cam) else "none (scan)",
+    )
+    write_sample(sample_path(args.out, index), rgb=rgb, mask=mask, parts=parts, landmarks16=lm16,
+                 landmarks16_detected=lm_det, volume=volume, vertices_vox=verts_vox, joints_vox=joints_vox,
+                 vertices_cam=pc, joints_cam=joints_cam, meta=meta)
+    tm["write"] = time.perf_counter() - t
+    return tm
+
+
+def box_unit(hw):
+    from core.crop import CropBox
+    return CropBox(0.0, 0.0, float(hw[1]), float(hw[0]))
+
+
+def _iou(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    u = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / u) if u else 1.0
+
+
+# ------------------------------------------------------------------------------------------- running
+
+def _indices(args):
+    i, n = args.shard
+    return [k for k in range(int(args.count)) if k % n == i]
+
+
+def _clean_tmp(out):
+    for p in glob.glob(str(Path(out) / "samples" / ".*.tmp")):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _done(out, indices):
+    from train.samples import sample_path
+    return [i for i in indices if sample_path(out, i).exists()]
+
+
+def _bar(total, initial, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="sample", dynamic_ncols=True, smoothing=0.1)
+
+
+def run_here(args, indices, progress=True):
+    """Make the missing samples among `indices` in this process."""
+    from train.samples import sample_path
+
+    todo = [i for i in indices if not sample_path(args.out, i).exists()]
+    bar = _bar(len(indices), len(indices) - len(todo), progress)
+    if not todo:
+        if bar:
+            bar.close()
+        return
+    ctx = Context(args)
+    timing_log = Path(args.out) / "timings.jsonl"
+    for i in todo:
+        tm = make_sample(i, ctx)
+        with open(timing_log, "a") as f:
+            f.write(json.dumps({"index": i, "pid": os.getpid(), **{k: round(v, 4) for k, v in tm.items()}})
+                    + "\n")
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+
+
+def _worker_command(argv, shard):
+    rest = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--shard", "--workers"):
+            skip = True
+            continue
+        if a.startswith(("--shard=", "--workers=")) or a in ("--preview",):
+            continue
+        rest.append(a)
+    rest += ["--shard", f"{shard[0]}/{shard[1]}", "--workers", "1", "--worker", "--progress", "none"]
+    if Path(sys.argv[0]).name.lower().startswith("blender"):
+        import bpy
+        return [bpy.app.binary_path, "-b", "-P", str(Path(__file__).resolve()), "--"] + rest
+    return [sys.executable, "-m", "train.make_dataset"] + rest
+
+
+def run_workers(args, argv, indices):
+    i, n = args.shard
+    w = int(args.workers)
+    procs = []
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for k in range(w):
+        cmd = _worker_command(argv, (i + k * n, n * w))
+        procs.append(subprocess.Popen(cmd, env=env, cwd=repo))
+    bar = _bar(len(indices), len(_done(args.out, indices)), args.progress != "none")
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+            if bar:
+                bar.n = len(_done(args.out, indices))
+                bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        if bar:
+            bar.n = len(_done(args.out, indices))
+            bar.close()
+    bad = [p.returncode for p in procs if p.returncode]
+    if bad:
+        raise SystemExit(f"{len(bad)} worker(s) failed (exit codes {bad}); run the same command again to "
+                         "resume.")
+
+
+# ------------------------------------------------------------------------------------------- finish
+
+def finalise(out, args=None, scan_problems=None):
+    """manifest.jsonl (rebuilt from the sample files, sorted), card.json, timings.json, preview."""
+    from train.samples import read_meta
+
+    out = Path(out)
+    files = sorted((out / "samples").glob("*.npz"))
+    lines, counts, params = [], {"train": 0, "test": 0}, None
+    sources = {}
+    for p in files:
+        m = read_meta(p)
+        counts[m["split"]] = counts.get(m["split"], 0) + 1
+        sources[m["source"]] = sources.get(m["source"], 0) + 1
+        lines.append(json.dumps({
+            "index": m["index"], "file": f"samples/{p.name}", "split": m["split"], "body_id": m["body_id"],
+            "source": m["source"], "pose": m["body"].get("pose", {}).get("kind"),
+            "front_iou": round(m["front_iou"], 5), "detected": m["detected"]}, sort_keys=True))
+        params = params or m
+    _atomic_text(out / "manifest.jsonl", "".join(ln + "\n" for ln in lines))
+    from train.bodies import PART_NAMES, PART_UNKNOWN
+    card = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "count": len(files), "counts_by_split": counts, "counts_by_source": sources,
+        "seed": params["seed"] if params else None,
+        "input_hw": params["input_hw"] if params else None,
+        "volume_shape": params["volume_shape"] if params else None,
+        "split": {"rule": "test when body_id % K == K - 1", "K": getattr(args, "split_every", None)},
+        "parts": {"names": list(PART_NAMES), "unknown": PART_UNKNOWN},
+        "landmarks16": "MPII order (core.landmarks.MPII16_NAMES), crop input pixels",
+        "joint_names": _joint_names(),
+    }
+    if args is not None:
+        from train.scene import SceneConfig
+        card["parameters"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+                              if k not in ("worker", "progress")}
+        card["scene_config"] = SceneConfig(engine=args.engine, samples=args.samples, denoise=args.denoise,
+                                           background_dir=args.backgrounds).to_dict()
+        card["command"] = "python -m train.make_dataset " + " ".join(_argv())
+    if scan_problems:
+        card["skipped_scans"] = [{"file": n, "reason": r} for n, r in scan_problems]
+    _atomic_text(out / "card.json", json.dumps(card, indent=1, sort_keys=True) + "\n")
+    _timing_summary(out)
+    if args is not None and args.preview:
+        write_preview(out, out / "preview.png")
+    return card
+
+
+def _joint_names():
+    try:
+        from train.bodies import _static
+        return list(_static()["bone_labels"])
+    except Exception:
+        return None
+
+
+def _timing_summary(out):
+    log = Path(out) / "timings.jsonl"
+    if not log.exists():
+        return
+    rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return
+    summ = {s: round(float(np.mean([r.get(s, 0.0) for r in rows])), 4) for s in STAGES}
+    summ["total"] = round(sum(summ.values()), 4)
+    summ["samples_logged"] = len(rows)
+    _atomic_text(Path(out) / "timings.json", json.dumps(summ, indent=1) + "\n")
+
+
+def _atomic_text(path, text):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_preview(out, png_path, max_rows: int = 48):
+    """Contact sheet: per sample the crop, the mask, the volume from the front and from the side."""
+    import cv2
+    from core.image_io import save_png
+    from train.samples import read_sample
+
+    files = sorted((Path(out) / "samples").glob("*.npz"))[:max_rows]
+    rows = []
+    for p in files:
+        s = read_sample(p)
+        h, w = s["rgb"].shape[:2]
+        vol = s["volume"]
+        front = vol.any(axis=0)
+        depth = np.argmax(vol, axis=0).astype(np.float32)
+        shade = np.where(front, 255 - 180 * depth / max(vol.shape[0], 1), 0)
+        side = vol.any(axis=2).T  # (H, D), camera on the left
+        sdepth = np.argmax(vol, axis=2).T.astype(np.float32)
+        sshade = np.where(side, 255 - 180 * sdepth / max(vol.shape[2], 1), 0)
+
+        def tile(img):
+            img = np.asarray(img, np.float32)
+            sc = h / img.shape[0]
+            img = cv2.resize(img, (max(1, int(round(img.shape[1] * sc))), h), interpolation=cv2.INTER_NEAREST)
+            img = np.clip(img, 0, 255).astype(np.uint8)
+            return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+        row = [tile(s["rgb"]), tile(s["mask"]), tile(shade), tile(sshade)]
+        rows.append(np.concatenate([np.concatenate([r, np.full((h, 2, 3), 80, np.uint8)], 1) for r in row], 1))
+    if not rows:
+        return
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=80) for r in rows]
+    save_png(png_path, np.concatenate(rows, 0))
+
+
+# ------------------------------------------------------------------------------------------- merge
+
+def merge(out, dirs):
+    """Merge shard folders into OUT (hard links when possible); the same index twice must be the same file."""
+    import filecmp
+    import shutil
+
+    out = Path(out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    card_params = None
+    for d in dirs:
+        d = Path(d)
+        card = json.loads((d / "card.json").read_text()) if (d / "card.json").exists() else {}
+        key = (card.get("seed"), json.dumps(card.get("input_hw")), json.dumps(card.get("volume_shape")))
+        if card_params is None:
+            card_params = (key, card)
+        elif key != card_params[0]:
+            from core.errors import DataError
+            raise DataError(f"{d} was made with different settings (seed, size or volume) than {dirs[0]}.",
+                            "Merge only shards of the same make_dataset command.")
+        for p in sorted((d / "samples").glob("*.npz")):
+            dst = out / "samples" / p.name
+            if dst.exists():
+                if not filecmp.cmp(p, dst, shallow=False):
+                    from core.errors import DataError
+                    raise DataError(f"Sample {p.name} differs between shards.", "Merge shards of one run only.")
+                continue
+            try:
+                os.link(p, dst)
+            except OSError:
+                shutil.copy2(p, dst)
+        if (d / "timings.jsonl").exists():
+            with open(out / "timings.jsonl", "a") as f:
+                f.write((d / "timings.jsonl").read_text())
+    card = finalise(out)
+    if card_params:
+        merged = json.loads((out / "card.json").read_text())
+        for k in ("parameters", "scene_config", "split", "command"):
+            if k in card_params[1]:
+                merged[k] = card_params[1][k]
+        merged["merged_from"] = [str(d) for d in dirs]
+        _atomic_text(out / "card.json", json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    return card
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def main(argv=None):
+    argv = list(_argv() if argv is None else argv)
+    os.environ.setdefault("ANNY_CACHE_DIR", os.path.expanduser("~/.cache/monohuman/anny"))
+    if argv and argv[0] == "merge":
+        if len(argv) < 3:
+            raise SystemExit("usage: python -m train.make_dataset merge OUT DIR1 [DIR2 ...]")
+        card = merge(argv[1], argv[2:])
+        print(f"merged {card['count']} samples into {argv[1]}")
+        return 0
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    _clean_tmp(out)
+    indices = _indices(args)
+    progress = args.progress != "none"
+    scan_problems = None
+    if args.scans:  # report broken scans once, up front (workers skip them too)
+        _, scan_problems = load_scans(args.scans) if args.workers > 1 else (None, None)
+    if args.workers > 1:
+        run_workers(args, argv, indices)
+    else:
+        run_here(args, indices, progress=progress)
+    if not args.worker:
+        if args.scans and scan_problems is None:
+            _, scan_problems = load_scans(args.scans)
+        card = finalise(out, args, scan_problems)
+        print(f"{card['count']} samples in {out} ({card['counts_by_split']})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from core.errors import MonohumanError
+
+    try:
+        sys.exit(main())
+    except MonohumanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

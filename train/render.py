@@ -1,0 +1,250 @@
+"""Rendering: the RGB "photo" (Blender Cycles on CPU, or Workbench), the background composite, and an exact
+numpy z-buffer rasteriser for the person mask and the part-label image.
+
+Why rasterise the mask ourselves: the occupancy volume is voxelised from the same projected vertices,
+sampled at pixel centres; a mask made the same way (a pixel is "person" when its centre lies inside the
+projected mesh) agrees with the volume's front projection by construction, at any resolution, with no
+threshold on an anti-aliased alpha.  Cycles' alpha is still rendered (it composites the person over the
+background) and its agreement with the rasterised mask is recorded per sample (meta "alpha_iou").
+
+Camera intrinsics in pixels: ``focal_px`` and ``principal_xy`` (train.scene module doc).
+
+``render_person_photo(path, size=256, seed=0)`` renders a clothed standing Anny adult, full body, in a
+room-like background: a photo-like PNG for tests of core's detection and of the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from train.scene import REGIONS, SceneConfig, build_scene, project
+
+
+# ------------------------------------------------------------------------------------- rasteriser
+
+def rasterise(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, out_hw, face_labels=None):
+    """Z-buffer the projected triangles at pixel centres (i + .5).
+
+    uv: (N, 2) pixel coordinates of the vertices in the target image; depth: (N,) camera depth;
+    faces (F, 3); face_labels (F,) uint8 or None.  Returns (mask bool (H, W), labels uint8 (H, W),
+    zbuf float (H, W), inf where empty).  A pixel centre on an edge counts as inside (closed test).
+    """
+    H, W = int(out_hw[0]), int(out_hw[1])
+    tri = uv[faces]                      # (F, 3, 2)
+    z = depth[faces]                     # (F, 3)
+    x0 = np.clip(np.ceil(tri[:, :, 0].min(1) - 0.5), 0, W).astype(np.int64)
+    x1 = np.clip(np.floor(tri[:, :, 0].max(1) - 0.5), -1, W - 1).astype(np.int64)
+    y0 = np.clip(np.ceil(tri[:, :, 1].min(1) - 0.5), 0, H).astype(np.int64)
+    y1 = np.clip(np.floor(tri[:, :, 1].max(1) - 0.5), -1, H - 1).astype(np.int64)
+    nx, ny = x1 - x0 + 1, y1 - y0 + 1
+    ok = (nx > 0) & (ny > 0)
+    fid = np.nonzero(ok)[0]
+    nx, ny = nx[fid], ny[fid]
+    counts = nx * ny
+    total = int(counts.sum())
+    zbuf = np.full(H * W, np.inf)
+    lab = np.zeros(H * W, np.uint8)
+    if total == 0:
+        return np.zeros((H, W), bool), lab.reshape(H, W), zbuf.reshape(H, W)
+    rep = np.repeat(np.arange(len(fid)), counts)
+    start = np.cumsum(counts) - counts
+    k = np.arange(total) - start[rep]
+    f = fid[rep]
+    px = x0[f] + k % nx[rep]
+    py = y0[f] + k // nx[rep]
+    cx, cy = px + 0.5, py + 0.5
+    a, b, c = tri[f, 0], tri[f, 1], tri[f, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    w0 = (b[:, 0] - cx) * (c[:, 1] - cy) - (b[:, 1] - cy) * (c[:, 0] - cx)
+    w1 = (c[:, 0] - cx) * (a[:, 1] - cy) - (c[:, 1] - cy) * (a[:, 0] - cx)
+    w2 = (a[:, 0] - cx) * (b[:, 1] - cy) - (a[:, 1] - cy) * (b[:, 0] - cx)
+    s = np.sign(area)
+    inside = (area != 0) & (w0 * s >= 0) & (w1 * s >= 0) & (w2 * s >= 0)
+    f, px, py = f[inside], px[inside], py[inside]
+    w0, w1, w2, area = w0[inside], w1[inside], w2[inside], area[inside]
+    zz = (w0 * z[f, 0] + w1 * z[f, 1] + w2 * z[f, 2]) / area
+    pix = py * W + px
+    order = np.lexsort((zz, pix))
+    pix, zz, f = pix[order], zz[order], f[order]
+    first = np.ones(len(pix), bool)
+    first[1:] = pix[1:] != pix[:-1]
+    zbuf[pix[first]] = zz[first]
+    if face_labels is not None:
+        lab[pix[first]] = np.asarray(face_labels)[f[first]]
+    mask = np.isfinite(zbuf)
+    return mask.reshape(H, W), lab.reshape(H, W), zbuf.reshape(H, W)
+
+
+def face_part_labels(parts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """A face's part: the label two or three of its vertices share, else its first vertex's."""
+    p = parts[faces]
+    lab = p[:, 0].copy()
+    same12 = p[:, 1] == p[:, 2]
+    lab[same12] = p[same12, 1]
+    return lab.astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------- background
+
+def _smooth_noise(rng, hw, scale):
+    h, w = hw
+    gh, gw = max(2, int(h / scale) + 2), max(2, int(w / scale) + 2)
+    g = rng.random((gh, gw, 3)).astype(np.float32)
+    import cv2
+    return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def background_image(spec: dict, hw, background_dir: str | None = None) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1] for a background spec from train.scene.sample_background."""
+    h, w = int(hw[0]), int(hw[1])
+    rng = np.random.default_rng(spec["seed"])
+    c1, c2 = np.array(spec["colour"], np.float32), np.array(spec["colour2"], np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    kind = spec["kind"]
+    if kind == "images" and background_dir:
+        files = sorted(p for p in Path(background_dir).iterdir()
+                       if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if files:
+            from core.image_io import load_image
+            import cv2
+            img = load_image(files[int(spec["pick"] * len(files)) % len(files)])
+            s = max(h / img.shape[0], w / img.shape[1])
+            img = cv2.resize(img, (max(w, int(math.ceil(img.shape[1] * s))),
+                                   max(h, int(math.ceil(img.shape[0] * s)))), interpolation=cv2.INTER_AREA)
+            oy, ox = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+            return img[oy:oy + h, ox:ox + w].astype(np.float32) / 255.0
+        kind = "gradient"
+    if kind == "colour":
+        img = np.broadcast_to(c1, (h, w, 3)).copy()
+        img += (_smooth_noise(rng, (h, w), max(h, w) / 3) - 0.5) * 0.06
+    elif kind == "gradient":
+        a = math.radians(spec["angle_deg"])
+        t = ((xx / w - 0.5) * math.cos(a) + (yy / h - 0.5) * math.sin(a)) + 0.5
+        t = np.clip(t, 0, 1)[..., None]
+        img = c1 * (1 - t) + c2 * t
+    elif kind == "noise":
+        n = _smooth_noise(rng, (h, w), max(2.0, min(h, w) / spec["scale"]))
+        img = c1 * (1 - n) + c2 * n
+    else:  # room: wall, skirting board, floor with perspective darkening, soft vignette
+        hz = int(spec["horizon"] * h)
+        img = np.broadcast_to(c1, (h, w, 3)).copy()
+        img *= (0.85 + 0.15 * (1 - yy / max(hz, 1)))[..., None].clip(0.8, 1.0)
+        floor = c2 * 0.7
+        t = ((yy - hz) / max(h - hz, 1)).clip(0, 1)[..., None]
+        img = np.where((yy >= hz)[..., None], floor * (0.8 + 0.4 * t), img)
+        img[max(0, hz - max(1, h // 60)):hz] *= 0.6
+        img += (_smooth_noise(rng, (h, w), max(2.0, min(h, w) / 40)) - 0.5) * 0.05
+        r = np.sqrt(((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2))[..., None]
+        img *= (1 - 0.35 * r ** 2)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- render
+
+def render_rgba(scene, threads: int = 0) -> np.ndarray:
+    """Render the current bpy scene -> float32 (H, W, 4), straight alpha, sRGB display values."""
+    import bpy
+    from PIL import Image
+
+    if threads:
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = int(threads)
+    fd, tmp = tempfile.mkstemp(prefix="mh_render_", suffix=".png")
+    os.close(fd)
+    try:
+        scene.render.filepath = tmp
+        bpy.ops.render.render(write_still=True)
+        img = np.asarray(Image.open(tmp).convert("RGBA"), dtype=np.float32) / 255.0
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return img
+
+
+def composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
+    a = rgba[..., 3:4]
+    out = rgba[..., :3] * a + background * (1 - a)
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def render_photo(body, scene_params: dict, dressed: np.ndarray, regions: np.ndarray,
+                 cfg: SceneConfig, timings: dict | None = None) -> dict:
+    """Render the photo of one sample: rgb (canvas), alpha, rasterised mask/parts/depth, uv, cam points."""
+    t0 = time.perf_counter()
+    cam = scene_params["camera"]
+    hw = cam["canvas_hw"]
+    scene = build_scene(scene_params, dressed, body.faces, regions, hw)
+    t1 = time.perf_counter()
+    rgba = render_rgba(scene, threads=cfg.threads)
+    bg = background_image(scene_params["background"], hw, cfg.background_dir)
+    rgb = composite(rgba, bg)
+    t2 = time.perf_counter()
+    uv, pc = project(dressed, cam)
+    mask, parts, zbuf = rasterise(uv, pc[:, 2], body.faces, hw, face_part_labels(body.parts, body.faces))
+    if timings is not None:
+        timings["scene"] = timings.get("scene", 0.0) + (t1 - t0)
+        timings["render"] = timings.get("render", 0.0) + (time.perf_counter() - t1)
+    return dict(rgb=rgb, alpha=rgba[..., 3], mask=mask, parts=parts, uv=uv, points_cam=pc)
+
+
+# ------------------------------------------------------------------------------------- test photo
+
+def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32) -> dict:
+    """Render a clothed, standing adult Anny person, full body, in a room-like background, to a PNG.
+
+    Returns dict(mask=bool (size, size), landmarks16=(16, 3) float32 in image pixels (MPII order,
+    visibility 1), rgb=uint8 image).  Deterministic in `seed`.
+    """
+    from core.image_io import save_png
+    from core.landmarks import mpii16_from_coco17
+    from train import bodies
+
+    rng = np.random.default_rng([int(seed), 7919])
+    for _ in range(50):  # an adult (morphological age 20-70) of ordinary build
+        shape = bodies.sample_phenotype(rng)
+        if 20 <= shape["morphological_age_years"] <= 70:
+            break
+    from train import poses
+    rest = bodies.rest_skeleton(shape["phenotype"])
+    pose = poses.sample_pose(rng, rest, kind="standing", perturb=0.5)
+    verts, heads = bodies._forward(shape["phenotype"], pose["deltas"])
+    st = bodies._static()
+    verts = verts - np.array([heads[0, 0], heads[0, 1], verts[:, 2].min()])
+    coco = st["kp_weights"] @ verts
+    body = bodies.Body(vertices=verts, faces=st["faces"], parts=st["parts"], joints=heads,
+                       joint_names=tuple(st["bone_labels"]), coco17=coco,
+                       landmarks16=bodies.landmarks16_3d(coco), rest_vertices=rest["__vertices__"],
+                       params=dict(shape))
+    from train.scene import clothing_regions, dress, sample_appearance, sample_lights, sample_camera
+    cfg = SceneConfig(yaw_deg=(-25, 25), elevation_deg=(0, 12), focal_mm=(40, 60), roll_deg=(0, 0),
+                      fill=(0.8, 0.85), offset=(-0.2, 0.2), canvas_margin=1.0, n_lights=(2, 2),
+                      light_kinds=("area",), area_power=(120, 200), light_elevation_deg=(25, 50),
+                      temperature_k=(4500, 6500), world=("colour",), world_strength=(0.35, 0.45),
+                      p_hair=1.0, p_shoes=1.0, samples=samples, denoise=True)
+    app = sample_appearance(rng, cfg)
+    app["thickness"] = 0.006
+    regions = clothing_regions(body, app)
+    dressed = dress(body, regions, app["thickness"])
+    cam = sample_camera(rng, dressed, cfg, (size, size))
+    lights = sample_lights(rng, dressed, cfg)
+    lights["world"]["colour"] = [0.9, 0.9, 0.9]
+    # lights in front of the person (camera side)
+    for lp in lights["lights"]:
+        p = np.asarray(lp["position"])
+        p[1] = -abs(p[1]) - 1.0
+        lp["position"] = p.tolist()
+    bg = dict(kind="room", colour=[0.78, 0.74, 0.68], colour2=[0.55, 0.42, 0.3], angle_deg=0.0,
+              scale=10.0, horizon=0.72, pick=0.0, seed=int(seed))
+    params = dict(appearance=app, camera=cam, lighting=lights, background=bg,
+                  render_seed=int(seed), engine="cycles", samples=samples, denoise=True)
+    out = render_photo(body, params, dressed, regions, cfg)
+    uv, _ = project(coco, cam)
+    lm16 = mpii16_from_coco17(np.concatenate([uv, np.ones((17, 1))], axis=1)).astype(np.float32)
+    save_png(path, out["rgb"])
+    return dict(mask=out["mask"], landmarks16=lm16, rgb=out["rgb"], params=params)

@@ -1,0 +1,93 @@
+"""One training sample on disk: ``DIR/samples/NNNNNNN.npz`` exactly as docs/ARCHITECTURE.md
+("A training sample on disk") says; written atomically (temp file in the same folder + os.replace), so a
+sample file is either complete or absent.  Temp files start with '.' and end in '.tmp'.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import DataError
+
+KEYS = ("rgb", "mask", "parts", "landmarks16", "landmarks16_detected", "volume_bits", "volume_shape",
+        "vertices_vox", "joints_vox", "vertices_cam", "joints_cam", "meta")
+SAMPLE_DIGITS = 7
+
+
+def sample_path(out_dir, index: int) -> Path:
+    return Path(out_dir) / "samples" / f"{int(index):0{SAMPLE_DIGITS}d}.npz"
+
+
+def pack_volume(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vol = np.asarray(volume, dtype=bool)
+    return np.packbits(vol.ravel()), np.asarray(vol.shape, dtype=np.int32)
+
+
+def unpack_volume(volume_bits, volume_shape) -> np.ndarray:
+    """Bit-packed occupancy -> bool (D, H, W)."""
+    shape = tuple(int(x) for x in np.asarray(volume_shape).reshape(-1))
+    n = int(np.prod(shape))
+    return np.unpackbits(np.asarray(volume_bits, dtype=np.uint8), count=n).astype(bool).reshape(shape)
+
+
+def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, volume, vertices_vox,
+                 joints_vox, vertices_cam, joints_cam, meta: dict) -> Path:
+    """Write one sample atomically. `volume` is the bool (D, H, W) occupancy."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bits, shape = pack_volume(volume)
+    arrays = dict(
+        rgb=np.asarray(rgb, np.uint8), mask=(np.asarray(mask) > 0).astype(np.uint8) * 255,
+        parts=np.asarray(parts, np.uint8),
+        landmarks16=np.asarray(landmarks16, np.float32).reshape(16, 3),
+        landmarks16_detected=np.asarray(landmarks16_detected, np.float32).reshape(16, 3),
+        volume_bits=bits, volume_shape=shape,
+        vertices_vox=np.asarray(vertices_vox, np.float32).reshape(-1, 3),
+        joints_vox=np.asarray(joints_vox, np.float32).reshape(-1, 3),
+        vertices_cam=np.asarray(vertices_cam, np.float32).reshape(-1, 3),
+        joints_cam=np.asarray(joints_cam, np.float32).reshape(-1, 3),
+        meta=np.array(json.dumps(meta, sort_keys=True)),
+    )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_sample(path, volume: bool = True) -> dict:
+    """Load a sample: arrays, meta as a dict, and (volume=True) 'volume' unpacked to bool (D, H, W)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in KEYS if k not in z.files]
+            if missing:
+                raise DataError(f"Sample {path} lacks {', '.join(missing)}.",
+                                "Delete it and run make_dataset again to regenerate it.")
+            out = {k: z[k] for k in KEYS}
+    except DataError:
+        raise
+    except Exception as e:  # truncated zip, bad header, ...
+        raise DataError(f"Sample {path} cannot be read ({type(e).__name__}: {e}).",
+                        "Delete it and run make_dataset again to regenerate it.") from e
+    out["meta"] = json.loads(str(out["meta"]))
+    if volume:
+        out["volume"] = unpack_volume(out["volume_bits"], out["volume_shape"])
+    return out
+
+
+def read_meta(path) -> dict:
+    with np.load(Path(path), allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
