@@ -19,10 +19,15 @@ SUFFIXES = (".glb", ".obj", ".ply")
 
 
 def _progress_bar():
+    """A bar on a terminal; one line per stage when stderr is a file or a pipe (logs, the Blender backend)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=100, file=sys.stderr, bar_format="{desc:<10} {bar} {percentage:3.0f}% {elapsed}",
-               disable=None)
+    if not sys.stderr.isatty():
+        def report(stage: str, fraction: float) -> None:
+            print(f"[{fraction * 100:3.0f}%] {stage}", file=sys.stderr, flush=True)
+
+        return report
+    bar = tqdm(total=100, file=sys.stderr, bar_format="{desc:<10} {bar} {percentage:3.0f}% {elapsed}")
     state = {"last": 0}
 
     def report(stage: str, fraction: float) -> None:
@@ -99,7 +104,8 @@ def cmd_info(args) -> int:
     if not models:
         print("models      none installed: no trained model yet (see docs/RESULTS.md)")
     for m in models:
-        status = f"broken: {m['error']}" if m.get("error") else json.dumps(m.get("metrics") or {})
+        metrics = {k: v for k, v in (m.get("metrics") or {}).items() if not isinstance(v, (list, dict))}
+        status = f"broken: {m['problem']}" if not m.get("ok", True) else json.dumps(metrics)
         print(f"model       {m['name']} [{m.get('method')}/{m.get('variant')}] {status}")
     return 0
 

@@ -8,6 +8,7 @@ not safe to call from two threads at once, and the Blender add-on calls from a w
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -65,6 +66,9 @@ def detect_person(rgb: np.ndarray, name: str = "the photo") -> Detection:
 def _pose():
     global _POSE
     if _POSE is None:
+        # mediapipe's C++ side logs INFO/WARNING lines to stderr on every start; keep the CLI's output clean.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             import mediapipe as mp
         except ImportError as exc:

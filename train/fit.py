@@ -202,7 +202,7 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
         if not state_path.is_file():
             raise DataError(f"Nothing to resume: {state_path} does not exist.", "Start without --resume.")
         saved = json.loads((run / "config.json").read_text())
-        cfg = TrainConfig(**{**saved, "resume": True, "max_steps": cfg.max_steps or saved.get("max_steps", 0)})
+        cfg = TrainConfig(**{**saved, "resume": True, "max_steps": cfg.max_steps})
     elif state_path.exists():
         raise DataError(f"{run} already holds a run.", "Add --resume to continue it, or choose another --out.")
     if not cfg.data:
@@ -239,10 +239,11 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
     params = model.parameters()
     optimizer = (torch.optim.RMSprop(params, lr=cfg.lr) if cfg.optimizer == "rmsprop"
                  else torch.optim.Adam(params, lr=cfg.lr))
-    start_epoch, skip_batches, step, history = 0, 0, 0, []
+    start_epoch, skip_batches, step, history, resumed_loss = 0, 0, 0, [], 0.0
     if cfg.resume:
         meta = load_state(state_path, model, optimizer)
         start_epoch, skip_batches, step, history = meta["epoch"], meta["batch"], meta["step"], meta["history"]
+        resumed_loss = meta.get("loss_sum", 0.0)
     elif rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -260,12 +261,12 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
         raise DataError(f"{len(train_part)} training samples give no full batch of {cfg.batch_size} per process.",
                         "Generate more samples or lower --batch-size.")
 
-    def checkpoint(epoch: int, batch: int) -> None:
+    def checkpoint(epoch: int, batch: int, loss_sum: float = 0.0) -> None:
         if rank == 0:
             save_state(state_path, model, optimizer,
-                       {"epoch": epoch, "batch": batch, "step": step, "history": history})
+                       {"epoch": epoch, "batch": batch, "step": step, "history": history, "loss_sum": loss_sum})
 
-    epoch, batch = start_epoch, skip_batches
+    epoch, batch, loss_sum = start_epoch, skip_batches, 0.0
     try:
         for epoch in range(start_epoch, cfg.epochs):
             train_set.set_epoch(epoch)
@@ -275,9 +276,10 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
             loader = torch.utils.data.DataLoader(train_part, batch_sampler=batches, **loader_kw)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch)
-            bar = tqdm(total=per_epoch, initial=skip_batches, disable=rank != 0, file=sys.stderr,
+            bar = tqdm(total=per_epoch, initial=skip_batches, disable=True if rank else None, file=sys.stderr,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
-            t0, seen, loss_sum, batch = time.perf_counter(), 0, 0.0, skip_batches
+            t0, seen, loss_sum, batch = time.perf_counter(), 0, resumed_loss, skip_batches
+            resumed_loss = 0.0
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if device.type == "cuda":
@@ -291,17 +293,17 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
                 step, batch, seen = step + 1, batch + 1, seen + len(x) * world
                 loss_sum += float(loss.detach())
                 rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum / (batch - skip_batches):.4f}", samples_s=f"{rate:.1f}")
+                bar.set_postfix(loss=f"{loss_sum / batch:.4f}", samples_s=f"{rate:.1f}")
                 bar.update(1)
                 if stop["now"] or (cfg.max_steps and step >= cfg.max_steps):
                     break
             bar.close()
             finished = batch >= per_epoch
             if not finished:  # interrupted or max_steps: save where we are, resume repeats nothing
-                checkpoint(epoch, batch)
+                checkpoint(epoch, batch, loss_sum)
                 break
             val_iou = evaluate_iou(model, val_loader, device, world)
-            train_loss = all_reduce_mean(loss_sum / max(batch - skip_batches, 1), world, device)
+            train_loss = all_reduce_mean(loss_sum / max(batch, 1), world, device)
             history.append({"epoch": epoch + 1, "step": step, "lr": learning_rate(cfg, epoch),
                             "train_loss": round(train_loss, 5), "val_iou": round(val_iou, 4),
                             "samples_per_s": round(seen / (time.perf_counter() - t0), 2)})
@@ -312,7 +314,7 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
                 write_log(run / "log.csv", history)
                 print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val IoU {val_iou:.4f}", file=sys.stderr)
     except KeyboardInterrupt:
-        checkpoint(epoch, batch)
+        checkpoint(epoch, batch, loss_sum)
         print(f"interrupted: state saved in {state_path}; continue with --resume", file=sys.stderr)
         return 130
     finally:

@@ -311,7 +311,8 @@ def _clear_scene(bpy):
 
 def _cloth_material(bpy, name, spec, is_skin=False):
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    if bpy.app.version < (5, 0, 0):  # always on (and deprecated) from Blender 5
+        mat.use_nodes = True
     nt = mat.node_tree
     bsdf = nt.nodes.get("Principled BSDF")
     bsdf.inputs["Roughness"].default_value = spec.get("roughness", 0.5)
@@ -411,7 +412,8 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
     # --- world
     wp = params["lighting"]["world"]
     world = bpy.data.worlds.new("world")
-    world.use_nodes = True
+    if bpy.app.version < (5, 0, 0):
+        world.use_nodes = True
     scene.world = world
     bg = world.node_tree.nodes.get("Background")
     bg.inputs["Strength"].default_value = wp["strength"]
