@@ -42,7 +42,7 @@ class MonohumanProperties(bpy.types.PropertyGroup):
                                   default=1.70, min=0.3, max=3.0, soft_min=0.5, soft_max=2.3,
                                   subtype="DISTANCE", unit="LENGTH", precision=2)
     smoothing: IntProperty(name="Smoothing", description="Surface smoothing iterations (0 = raw surface)",
-                           default=1, min=0, max=20)
+                           default=10, min=0, max=50)
     face_budget: IntProperty(name="Face Budget", description="Decimate to at most this many faces (0 = keep all)",
                              default=0, min=0, soft_max=500000)
     project_texture: BoolProperty(name="Project Photo as Texture", default=True,

@@ -6,7 +6,7 @@ environment that has them (the project's `.venv`). The protocol is deliberately 
 * stdin: one JSON request::
 
       {"photo": "/path/person.jpg", "model": "default" | name | path, "method": "vrn",
-       "device": "auto" | "gpu" | "cpu", "subject_height": 1.70, "smoothing": 1,
+       "device": "auto" | "gpu" | "cpu", "subject_height": 1.70, "smoothing": 10,
        "face_budget": null | int, "output": "/path/result.npz",
        "model_dirs": ["/extra/models", ...]}          # optional: searched before the default dirs
 
@@ -82,7 +82,7 @@ def _check_request(request: dict) -> dict:
     for key in ("photo", "output"):
         if not request.get(key):
             raise InputError(f"The backend request has no '{key}'.", "Name the photo and the output file.")
-    req = {"model": "default", "method": "vrn", "device": "auto", "subject_height": 1.70, "smoothing": 1,
+    req = {"model": "default", "method": "vrn", "device": "auto", "subject_height": 1.70, "smoothing": 10,
            "face_budget": None, **request}
     device = str(req["device"]).lower()
     if device not in DEVICES:

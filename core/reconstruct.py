@@ -137,7 +137,7 @@ def predict_volume(loaded: LoadedModel, inputs: np.ndarray, device: torch.device
 
 
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
-                subject_height: float = 1.70, smoothing: int = 1, face_budget: int | None = None,
+                subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
     """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame."""
     if not 0.3 <= subject_height <= 3.0:

@@ -109,7 +109,7 @@ def test_evaluate_reports_iou_and_writes_results(tiny_dataset, tiny_model, tmp_p
     figures = tmp_path / "eval.json"
     assert evaluate(["--data", str(tiny_dataset), "--model", str(tiny_model), "--write", str(out),
                      "--json", str(figures)]) == 0
-    summary = json.loads(figures.read_text())[0]
+    summary = json.loads(figures.read_text())["heldout"][0]
     assert summary["samples"] == 4  # the held-out split of the tiny dataset
     assert all(0.0 <= s["iou"] <= 1.0 for s in summary["per_sample"])
     assert summary["iou_mean"] == pytest.approx(np.mean([s["iou"] for s in summary["per_sample"]]))
