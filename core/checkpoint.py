@@ -296,3 +296,7 @@ def list_models(search_dirs=None, verify: bool = False) -> list[dict]:
                 entry.update(ok=False, problem=str(e))
             out.append(entry)
     return out
+
+# The second method registers itself on import; it must come after register_method exists.
+import core.networks.hmnet  # noqa: E402,F401
+

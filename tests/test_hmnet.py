@@ -1,0 +1,236 @@
+"""HumanMeshNet: network shapes, one training step, the eq. 3 smoothing, Procrustes, template, parts, training.
+
+Tiny and single-threaded (CPU CI): small ResNet widths and FC sizes; the real Anny template file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.networks.hmnet import (VARIANT_NAMES, HMNetConfig, build_hmnet, config_for, from_unit, hmnet_loss,
+                                 neutral_body_unit, to_unit)
+from core.template import Template, load_template, mesh_edges, smooth, smoothing_matrix, subsample
+from train.metrics_mesh import mean_distance, pa_mean_distance, procrustes_align
+
+DATA = Path("/work/data/anny128-a")
+TINY = dict(width=8, hidden=32, input_size=(64, 64))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _inputs(n=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 15, (n, size, size), generator=g)
+
+
+# ------------------------------------------------------------------------------------------- network
+
+@pytest.mark.parametrize("template", ["full", "subsampled"])
+def test_shapes_full_and_subsampled(template):
+    t = load_template()
+    net = build_hmnet(config_for("hmnet", template=template, **TINY))
+    n = 13718 if template == "full" else t.vertex_count("subsampled")
+    assert t.full_count == 13718 and 3000 < t.vertex_count("subsampled") < 3600  # about a quarter
+    out = net(*_inputs())
+    assert out["vertices"].shape == out["smoothed"].shape == (2, n, 3)
+    assert out["joints"].shape == out["surface_joints"].shape == (2, t.joint_count, 3)
+    assert net.full_vertices(out).shape == (2, 13718, 3)
+    assert net.config.vertices == n and net.config.template_sha256 == t.sha256
+
+
+def test_paper_sizes_without_allocating():
+    """ResNet-18 x 2 with 1000-d features and 1000-d FC branches (counted on the meta device)."""
+    with torch.device("meta"):
+        from core.networks.resnet import resnet18
+        r = resnet18()
+        assert r.fc.out_features == 1000 and sum(p.numel() for p in r.parameters()) == 11_689_512  # torchvision's
+    cfg = config_for("hmnet")
+    assert cfg.hidden == 1000 and cfg.width == 64 and cfg.inputs == ("image", "parts")
+
+
+def test_variants_build_and_round_trip():
+    x, parts = _inputs()
+    for name in VARIANT_NAMES:
+        cfg = config_for(name, **TINY)
+        assert HMNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        out = build_hmnet(cfg)(x, parts)
+        assert ("joints" in out) == ("joints" in cfg.branches)
+    assert config_for("baseline").inputs == ("image",) and config_for("baseline").branches == ("vertices",)
+    assert config_for("hmnet-oracle").parts_source == "oracle"
+    with pytest.raises(ValueError, match="unknown HMNet config keys"):
+        HMNetConfig.from_dict({"variant": "hmnet", "bogus": 1})
+    with pytest.raises(ValueError, match="needs the joints branch"):
+        config_for("baseline", consistency=True)
+
+
+def test_one_step_lowers_the_loss():
+    torch.manual_seed(0)
+    net = build_hmnet(config_for("hmnet", **TINY))
+    x, parts = _inputs()
+    rest = torch.from_numpy(neutral_body_unit(net.template, net.config))
+    g = torch.Generator().manual_seed(1)
+    verts = rest[None] + 0.02 * torch.randn(2, *rest.shape, generator=g)
+    joints = torch.einsum("jv,nvc->njc", net.template.regressor("full"), verts)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    before, terms = hmnet_loss(net, net(x, parts), verts, joints)
+    assert set(terms) == {"L_S", "L_J", "L_JS", "loss"}
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after, _ = hmnet_loss(net, net(x, parts), verts, joints)
+    assert after.item() < before.item()
+
+
+def test_equal_weighting_gives_equal_terms():
+    net = build_hmnet(config_for("hmnet", **TINY))
+    x, parts = _inputs()
+    out = net(x, parts)
+    verts = torch.zeros(2, 13718, 3)
+    loss, terms = hmnet_loss(net, out, verts, torch.ones(2, net.config.joints, 3))
+    assert terms["loss"] == pytest.approx(3 * terms["L_S"], rel=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from core.checkpoint import load_model, save_model
+
+    net = build_hmnet(config_for("hmnet-subsampled", **TINY)).eval()
+    x, parts = _inputs()
+    js = save_model(tmp_path / "hm", net, {"training": {"command": "test"}}, dtype=torch.float32)
+    loaded = load_model(js)
+    assert loaded.meta["method"] == "hmnet" and loaded.config == net.config
+    assert torch.allclose(loaded.network(x, parts)["smoothed"], net(x, parts)["smoothed"])
+
+
+# ------------------------------------------------------------------------------------------- smoothing
+
+def _grid(n=5):
+    xs, ys = np.meshgrid(np.arange(n, dtype=float), np.arange(n, dtype=float))
+    v = np.stack([xs.ravel(), ys.ravel(), np.zeros(n * n)], axis=1)
+    faces = []
+    for r in range(n - 1):
+        for c in range(n - 1):
+            a, b, d, e = r * n + c, r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1
+            faces += [(a, b, e), (a, e, d)]
+    return v, np.array(faces)
+
+
+def test_smoothing_is_the_average_of_neighbours_and_keeps_a_flat_grid():
+    n = 5
+    v, faces = _grid(n)
+    S = smoothing_matrix(mesh_edges(faces), len(v))
+    out = smooth(torch.from_numpy(v).float(), S).numpy()
+    interior = [r * n + c for r in range(1, n - 1) for c in range(1, n - 1)]
+    assert np.allclose(out[interior], v[interior], atol=1e-6)
+    rng = np.random.default_rng(0)
+    bumpy = v + rng.normal(size=v.shape)
+    got = smooth(torch.from_numpy(bumpy).float()[None].repeat(2, 1, 1), S).numpy()
+    nbrs = {i: set() for i in range(len(v))}
+    for a, b in mesh_edges(faces):
+        nbrs[a].add(b)
+        nbrs[b].add(a)
+    want = np.stack([bumpy[sorted(nbrs[i])].mean(0) for i in range(len(v))])
+    assert np.allclose(got[0], want, atol=1e-5) and np.allclose(got[1], want, atol=1e-5)
+
+
+def test_subsample_maps_back_exactly_at_samples():
+    v, faces = _grid(9)
+    sub, up_i, up_w, sub_edges = subsample(v, faces, 20)
+    assert len(set(sub.tolist())) == 20 and np.allclose(up_w.sum(1), 1)
+    up = (v[sub][up_i] * up_w[..., None]).sum(1)
+    assert np.allclose(up[sub], v[sub])
+    assert np.abs(up - v).max() < 2.0  # within the sample spacing
+    assert len(sub_edges) >= 19  # a connected neighbour graph
+
+
+def test_template_regressor_and_upsampling():
+    t = load_template()
+    for kind in ("full", "subsampled"):
+        R = t.regressor(kind)
+        assert R.shape == (t.joint_count, t.vertex_count(kind))
+        assert torch.allclose(R.sum(1), torch.ones(t.joint_count), atol=1e-4)  # commutes with similarity
+    assert np.allclose(t.up_weight.sum(1), 1, atol=1e-5)
+    rest = t.rest_vertices.astype(np.float64)
+    assert np.allclose(t.upsample(rest[t.sub_index])[t.sub_index], rest[t.sub_index], atol=1e-6)
+    info = t.info
+    assert info["regressor_test_error_mm"] < 10 and info["upsample_test_error_mm"] < 10
+    assert Template.from_arrays(t.arrays).sha256 == t.sha256
+
+
+def test_unit_frame_round_trip():
+    p = np.random.default_rng(0).uniform(0, 128, size=(10, 3))
+    assert np.allclose(from_unit(to_unit(p, (96, 256, 128)), (96, 256, 128)), p, atol=1e-4)
+    assert np.allclose(to_unit(np.array([[64.0, 128.0, 48.0]]), (96, 256, 128)), 0)
+
+
+# ------------------------------------------------------------------------------------------- Procrustes
+
+def test_procrustes_recovers_rotation_scale_translation_exactly():
+    from core.rig import rotation_about
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(50, 3))
+    R = rotation_about(rng.normal(size=3), 73.0)
+    pred = 0.37 * target @ R.T + np.array([1.0, -2.0, 3.0])
+    assert np.abs(procrustes_align(pred, target) - target).max() < 1e-10
+    batch = torch.from_numpy(np.stack([pred, target]))
+    aligned = procrustes_align(batch, torch.from_numpy(np.stack([target, target])))
+    assert torch.allclose(aligned, torch.from_numpy(np.stack([target, target])), atol=1e-10)
+    assert float(pa_mean_distance(pred, target)) < 1e-10 and float(mean_distance(pred, target)) > 0.1
+    mirrored = target * np.array([-1.0, 1.0, 1.0])  # a reflection is not a rotation: not recovered
+    assert float(pa_mean_distance(mirrored, target)) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------- parts
+
+def test_part_names_match_the_renders():
+    from core.parts import PART_NAMES
+    from train.bodies import PART_NAMES as RENDER_NAMES
+
+    assert PART_NAMES == RENDER_NAMES
+
+
+def test_parts_from_landmarks_on_a_stick_figure():
+    from core.landmarks import MPII16_NAMES
+    from core.parts import PART, parts_from_landmarks
+
+    pts = dict(r_ankle=(40, 120), r_knee=(42, 95), r_hip=(45, 70), l_hip=(55, 70), l_knee=(58, 95),
+               l_ankle=(60, 120), pelvis=(50, 70), thorax=(50, 35), upper_neck=(50, 25), head_top=(50, 8),
+               r_wrist=(20, 70), r_elbow=(28, 52), r_shoulder=(40, 35), l_shoulder=(60, 35), l_elbow=(72, 52),
+               l_wrist=(80, 70))
+    lm = np.array([(*pts[n], 1.0) for n in MPII16_NAMES], dtype=np.float32)
+    mask = np.ones((128, 100), dtype=bool)
+    labels = parts_from_landmarks(mask, lm)
+    at = lambda x, y: labels[int(y), int(x)]  # noqa: E731
+    assert at(50, 12) == PART["head"] and at(50, 50) == PART["torso"]
+    assert at(24, 61) == PART["lower_arm_r"] and at(76, 61) == PART["lower_arm_l"]  # person's right = image left
+    assert at(43, 82) == PART["upper_leg_r"] and at(59, 108) == PART["lower_leg_l"]
+    assert (parts_from_landmarks(np.zeros((128, 100), bool), lm) == 0).all()
+
+
+# ------------------------------------------------------------------------------------------- training
+
+@pytest.mark.skipif(not (DATA / "manifest.jsonl").is_file(), reason="needs the anny128-a dataset")
+def test_fit_smoke_and_resume(tmp_path):
+    from train.fit_hmnet import main
+
+    run = tmp_path / "run"
+    args = ["--data", str(DATA), "--out", str(run), "--variant", "hmnet-subsampled", "--width", "8", "--hidden",
+            "32", "--batch-size", "2", "--val-samples", "2", "--workers", "0", "--threads", "1"]
+    assert main(args + ["--max-steps", "2"]) == 0
+    assert (run / "state.safetensors").is_file()
+    assert main(["--out", str(run), "--resume", "--max-steps", "3"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(run / "state.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["train_state"])["step"] == 3
