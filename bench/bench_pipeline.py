@@ -10,7 +10,6 @@ random: this measures cost, not quality). Runs on the CPU, and on CUDA (bf16) to
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -21,21 +20,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.machine import describe  # noqa: E402
 from core.networks.vrn import VARIANTS, build_vrn, config_for  # noqa: E402
 from core.reconstruct import DEFAULT_MODELS, reconstruct  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def median_time(fn, repeat: int, sync=lambda: None) -> float:
@@ -97,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     volume = tuple(int(v) for v in args.volume.split("x"))
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {describe()}\n")
     print("\n".join(pipeline_table(args.photo, args.repeat)) + "\n")
     print("\n".join(variants_table(args.features, volume, args.repeat)))
     return 0

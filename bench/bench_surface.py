@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -126,21 +125,9 @@ def _measure(v, f):
 
 
 def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        n_aff = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n_aff = os.cpu_count()
-    return (f"CPU: {cpu}; cores usable: {n_aff} (os.cpu_count {os.cpu_count()}); "
-            f"Python {platform.python_version()}; numpy {np.__version__}; scikit-image {skimage.__version__}; "
+    from bench.machine import describe
+
+    return (f"{describe()}; numpy {np.__version__}; scikit-image {skimage.__version__}; "
             f"trimesh {trimesh.__version__}")
 
 

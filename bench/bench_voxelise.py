@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,22 +28,11 @@ from train.voxelise import mesh_is_closed, project_to_volume, voxelise, winding_
 
 
 def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import trimesh
-    import torch
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"machine: {cpu}; {os.cpu_count()} logical cores (torch threads {torch.get_num_threads()}); "
-            f"load average {load[0]:.2f}\n"
-            f"python {platform.python_version()}, numpy {np.__version__}, trimesh {trimesh.__version__}, "
-            f"torch {torch.__version__}, {platform.system()} {platform.release()}")
+    from bench.machine import describe
+
+    return f"machine: {describe()}; numpy {np.__version__}, trimesh {trimesh.__version__}"
 
 
 def anny_body():

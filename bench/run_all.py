@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from train.evaluate import replace_section  # noqa: E402
 DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- make-bench:begin -->", "<!-- make-bench:end -->"
 BENCHES = [
@@ -22,7 +25,7 @@ BENCHES = [
 
 
 def main() -> int:
-    sections = [BEGIN, f"Last run: {time.strftime('%Y-%m-%d %H:%M')} (`make bench`).", ""]
+    sections = [f"Last run: {time.strftime('%Y-%m-%d %H:%M')} (`make bench`).", ""]
     failed = 0
     for title, cmd in BENCHES:
         print(f"== {title}", file=sys.stderr, flush=True)
@@ -33,14 +36,7 @@ def main() -> int:
             print(proc.stderr[-2000:], file=sys.stderr)
         sections += [f"### {title}", "", f"`python {' '.join(cmd)}`", "", proc.stdout.strip()
                      or f"failed: {proc.stderr.strip().splitlines()[-1:]}", ""]
-    sections.append(END)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + "\n".join(sections) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(sections) + "\n"
-    DOC.write_text(text)
+    replace_section(DOC, BEGIN, END, sections, title="# Benchmarks")
     print(f"wrote {DOC.relative_to(REPO)}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -39,7 +39,8 @@ ZUP_TO_YUP = np.array(
 YUP_TO_ZUP = ZUP_TO_YUP.T.copy()
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that it is either complete or absent (temporary file + rename), never half-written."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,13 +122,13 @@ def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
     if suffix == ".obj":
         text, files = _obj_bytes(mesh, path.stem)
         for name, data in files.items():  # side files first: the OBJ only appears once they exist
-            _atomic_write(path.parent / name, data)
-        _atomic_write(path, text)
+            write_atomic(path.parent / name, data)
+        write_atomic(path, text)
     elif suffix == ".ply":
         m = mesh.copy()
         _ = m.vertex_normals
         data = trimesh.exchange.ply.export_ply(m, encoding="binary", vertex_normal=True)
-        _atomic_write(path, data)
+        write_atomic(path, data)
     else:  # .glb
         m = mesh.copy()
         m.apply_transform(ZUP_TO_YUP)
@@ -135,5 +136,5 @@ def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
         scene = trimesh.Scene()
         scene.add_geometry(m, node_name="monohuman_body", geom_name="monohuman_body")
         data = trimesh.exchange.gltf.export_glb(scene, include_normals=True)
-        _atomic_write(path, data)
+        write_atomic(path, data)
     return path

@@ -18,12 +18,12 @@ Headless: numpy + OpenCV only.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from core.export import write_atomic
 
 PANEL_HEIGHT = 512
 BACKGROUND = (40, 42, 48)
@@ -320,16 +320,5 @@ def write_preview(path, rgb, mesh_metric=None, landmarks16=None, mask=None, crop
     ok, buf = cv2.imencode(ext, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"cannot encode a preview as '{ext}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, buf.tobytes())
     return path

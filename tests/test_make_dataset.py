@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("ANNY_CACHE_DIR", "/root/.cache/monohuman/anny")
-
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--count", "2", "--size", "64", "--volume", "64x64x64", "--samples", "4", "--seed", "5",
         "--split-every", "2", "--threads", "2"]
@@ -91,6 +89,28 @@ def test_resume_gives_the_same_dataset(dataset, tmp_path):
         assert sa["meta"] == sb["meta"]
         # Cycles on CPU with a fixed seed is deterministic: the RGB is bit-identical
         np.testing.assert_array_equal(sa["rgb"], sb["rgb"])
+
+
+def test_real_kill_then_rerun_gives_the_same_dataset(dataset, tmp_path):
+    """SIGKILL the generator as soon as its first sample lands, run it again: same dataset as uninterrupted."""
+    import signal
+    import time
+
+    c = tmp_path / "c"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "train.make_dataset", "--out", str(c), *TINY], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (c / "samples" / "0000000.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    make(c)
+    assert (c / "manifest.jsonl").read_text() == (dataset / "manifest.jsonl").read_text()
+    for sa, sc in zip(samples(dataset), samples(c)):
+        np.testing.assert_array_equal(sa["volume"], sc["volume"])
+        np.testing.assert_array_equal(sa["rgb"], sc["rgb"])
+        assert sa["meta"] == sc["meta"]
 
 
 def test_broken_scan_is_reported_and_skipped(tmp_path):

@@ -19,7 +19,7 @@ from train.make_dataset import main as make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / f"{DEFAULT_MODELS['vrn']}.json"
-HELDOUT_IOU_FLOOR = 0.35  # recorded mean minus a margin for 4 samples (see docs/RESULTS.md)
+HELDOUT_IOU_FLOOR = 0.30  # held-out mean 0.478 (150 bodies); 0.30 is the 0.1st percentile of 4-body means
 TRAINING_SEED = 101  # the seed of the shipped model's training set (its card in docs/RESULTS.md)
 
 

@@ -155,10 +155,24 @@ def plot_history(summaries: list[dict], path: Path) -> bool:
     return True
 
 
+def replace_section(path: Path, begin: str, end: str, lines: list[str], title: str) -> None:
+    """Write `lines` between the begin/end markers of a markdown file, keeping everything people wrote
+    around them (the markers are appended the first time)."""
+    block = "\n".join([begin, *lines, end])
+    text = path.read_text() if path.exists() else f"{title}\n\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def write_results(path: Path, summaries: list[dict], data_dirs, command: str, photos=()) -> None:
     """Replace the evaluate section of RESULTS.md, keeping everything else a person wrote there."""
     plot = path.parent / "figures" / "iou_by_epoch.png"
-    body = [RESULTS_BEGIN, f"Held-out split, data: {', '.join(map(str, data_dirs))}.",
+    body = [f"Held-out split, data: {', '.join(map(str, data_dirs))}.",
             f"Reproduce: `{command}`", "", results_table(summaries)]
     for p in photos:
         body += ["", f"Photo-like renders through the whole pipeline ({p['photos']} photos, {p['size']} px, seeds "
@@ -166,14 +180,7 @@ def write_results(path: Path, summaries: list[dict], data_dirs, command: str, ph
                  f"mediapipe's mask, {p['vs_true_mask_mean']:.3f} against the true mask."]
     if plot_history(summaries, plot):
         body += ["", f"![validation IoU by epoch]({plot.relative_to(path.parent)})"]
-    body.append(RESULTS_END)
-    text = path.read_text() if path.exists() else "# Results\n\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_BEGIN, 1)
-        text = head + "\n".join(body) + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(body) + "\n"
-    path.write_text(text)
+    replace_section(path, RESULTS_BEGIN, RESULTS_END, body, title="# Results")
 
 
 def main(argv=None) -> int:

@@ -152,6 +152,23 @@ def load_state(path: Path, model, optimizer) -> dict:
 
 # ---------------------------------------------------------------- the run
 
+def resolve_run(cfg):
+    """--resume reloads the run's own config (only max_steps comes from this call); a new run never
+    overwrites an existing one. Works for any training config dataclass with out/data/resume/max_steps."""
+    run = Path(cfg.out)
+    state_path = run / "state.safetensors"
+    if cfg.resume:
+        if not state_path.is_file():
+            raise DataError(f"Nothing to resume: {state_path} does not exist.", "Start without --resume.")
+        saved = json.loads((run / "config.json").read_text())
+        return type(cfg)(**{**saved, "resume": True, "max_steps": cfg.max_steps})
+    if state_path.exists():
+        raise DataError(f"{run} already holds a run.", "Add --resume to continue it, or choose another --out.")
+    if not cfg.data:
+        raise DataError("No training data given.", "Pass --data DIR [DIR ...] (folders from train.make_dataset).")
+    return cfg
+
+
 def data_shapes(cfg: TrainConfig, probe: VolumeDataset) -> tuple[tuple, tuple]:
     def parse(text):
         return tuple(int(v) for v in text.lower().split("x"))
@@ -196,17 +213,9 @@ def main(argv=None) -> int:
 
 
 def fit(cfg: TrainConfig, command: str = "") -> int:
+    cfg = resolve_run(cfg)
     run = Path(cfg.out)
     state_path = run / "state.safetensors"
-    if cfg.resume:
-        if not state_path.is_file():
-            raise DataError(f"Nothing to resume: {state_path} does not exist.", "Start without --resume.")
-        saved = json.loads((run / "config.json").read_text())
-        cfg = TrainConfig(**{**saved, "resume": True, "max_steps": cfg.max_steps})
-    elif state_path.exists():
-        raise DataError(f"{run} already holds a run.", "Add --resume to continue it, or choose another --out.")
-    if not cfg.data:
-        raise DataError("No training data given.", "Pass --data DIR [DIR ...] (folders from train.make_dataset).")
 
     rank, world, device = setup_distributed(cfg.device)
     if cfg.threads:

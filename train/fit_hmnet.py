@@ -42,7 +42,7 @@ from core.errors import DataError, MonohumanError
 from core.networks.hmnet import build_hmnet, config_for, hmnet_loss, to_unit
 from core.parts import parts_from_landmarks
 from train.dataset import Augment, augment_sample, read_manifest, training_mask
-from train.fit import load_state, save_state, split_train_val, write_log
+from train.fit import load_state, resolve_run, save_state, split_train_val, write_log
 from train.samples import read_sample
 
 
@@ -191,17 +191,9 @@ def main(argv=None) -> int:
 
 
 def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
+    cfg = resolve_run(cfg)
     run = Path(cfg.out)
     state_path = run / "state.safetensors"
-    if cfg.resume:
-        if not state_path.is_file():
-            raise DataError(f"Nothing to resume: {state_path} does not exist.", "Start without --resume.")
-        saved = json.loads((run / "config.json").read_text())
-        cfg = HMNetTrainConfig(**{**saved, "resume": True, "max_steps": cfg.max_steps})
-    elif state_path.exists():
-        raise DataError(f"{run} already holds a run.", "Add --resume to continue it, or choose another --out.")
-    if not cfg.data:
-        raise DataError("No training data given.", "Pass --data DIR [DIR ...] (folders from train.make_dataset).")
 
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "cpu")
     if cfg.threads:
