@@ -124,6 +124,12 @@ def _texture_image(rgb: np.ndarray):
     return img
 
 
+def surface_level(loaded: LoadedModel) -> float:
+    """The iso-level a model's surface is extracted at: chosen on its validation data (`train.calibrate`),
+    else the conventional 0.5."""
+    return float((loaded.meta.get("inference") or {}).get("iso_level", 0.5))
+
+
 def predict_volume(loaded: LoadedModel, inputs: np.ndarray, device: torch.device) -> np.ndarray:
     """Network forward pass on one encoded input: occupancy probabilities (D, H, W), float32."""
     x = torch.from_numpy(inputs)[None].to(device)
@@ -171,7 +177,8 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     volume = predict_volume(loaded, inputs, torch_device)
 
     stage("surface")
-    mesh_vox = extract_surface(volume, smooth_iterations=smoothing, face_budget=face_budget)
+    mesh_vox = extract_surface(volume, level=surface_level(loaded), smooth_iterations=smoothing,
+                               face_budget=face_budget)
 
     stage("frame")
     mesh, vox_to_metric = surface_to_metric(mesh_vox, subject_height)

@@ -115,3 +115,21 @@ def test_evaluate_reports_iou_and_writes_results(tiny_dataset, tiny_model, tmp_p
     assert summary["iou_mean"] == pytest.approx(np.mean([s["iou"] for s in summary["per_sample"]]))
     text = out.read_text()
     assert "Hand-written notes stay." in text and "| tiny-test |" in text
+
+
+def test_calibrate_records_a_validated_level_that_reconstruct_uses(tiny_dataset, tiny_model, tmp_path):
+    import shutil
+
+    from core.checkpoint import load_model
+    from core.reconstruct import surface_level
+    from train.calibrate import main as calibrate
+
+    for ext in (".json", ".safetensors"):
+        shutil.copy(str(tiny_model) + ext, tmp_path / f"m{ext}")
+    assert surface_level(load_model(tmp_path / "m")) == 0.5  # uncalibrated: the conventional level
+    assert calibrate(["--data", str(tiny_dataset), "--model", str(tmp_path / "m"), "--levels", "0.5,0.3"]) == 0
+    doc = json.loads((tmp_path / "m.json").read_text())
+    table = doc["inference"]["val_iou_by_level"]
+    assert set(table) == {"0.5", "0.3"}
+    assert doc["inference"]["iso_level"] == float(max(table, key=table.get))
+    assert surface_level(load_model(tmp_path / "m")) == doc["inference"]["iso_level"]  # weights hash still valid

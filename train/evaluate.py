@@ -23,7 +23,7 @@ from tqdm import tqdm
 from core.checkpoint import load_model
 from core.encode import encode
 from core.errors import MonohumanError
-from core.reconstruct import DEFAULT_MODELS, pick_device, predict_volume
+from core.reconstruct import DEFAULT_MODELS, pick_device, predict_volume, surface_level
 from core.surface import extract_surface
 from train.dataset import pool_volume, pooling_factor, read_manifest, training_mask
 from train.samples import read_sample
@@ -69,17 +69,19 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
         prob = predict_volume(loaded, x, torch_device)
         pred = prob > 0.5
         entry = {"file": row["file"], "iou": float(volume_iou(pred, target)),
+                 "iou_at_model_level": float(volume_iou(prob > surface_level(loaded), target)),
                  "silhouette_iou": silhouette_iou(pred, target.any(axis=0))}  # the front view is the mask
-        if surface and pred.any():
+        if surface and (prob > surface_level(loaded)).any():
             metres = 1.0 / float(sample["meta"]["px_per_metre"])  # per voxel of the data
-            pred_mesh = extract_surface(prob, smooth_iterations=10)
+            pred_mesh = extract_surface(prob, level=surface_level(loaded), smooth_iterations=10)
             gt_mesh = ground_truth_mesh(sample)
             pred_mesh.apply_scale(metres * k)
             gt_mesh.apply_scale(metres)
             entry.update(surface_distances_mm(pred_mesh, gt_mesh, samples=5000))
         per_sample.append(entry)
-    summary = {"model": loaded.name, "variant": cfg.variant, "samples": len(per_sample), "split": split}
-    for key in ("iou", "silhouette_iou", "chamfer_mm", "p2s_mm"):
+    summary = {"model": loaded.name, "variant": cfg.variant, "samples": len(per_sample), "split": split,
+               "level": surface_level(loaded)}
+    for key in ("iou", "iou_at_model_level", "silhouette_iou", "chamfer_mm", "p2s_mm"):
         values = [e[key] for e in per_sample if key in e]
         if values:
             summary[f"{key}_mean"] = float(np.mean(values))
@@ -109,7 +111,7 @@ def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384
             photo = Path(tmp) / f"photo{i}.png"
             truth = render_person_photo(photo, size=size, seed=seed + i, samples=16)
             result = reconstruct(photo, model=loaded, device=device)
-            front = (result.volume > 0.5).any(axis=0)
+            front = (result.volume > surface_level(loaded)).any(axis=0)
             detected = crop_image(result.mask, result.crop_box, (h, w)) > 0.5
             true_mask = crop_image(truth["mask"].astype(np.float32), result.crop_box, (h, w)) > 0.5
             rows.append({"seed": seed + i, "vs_detected_mask": silhouette_iou(front[None], detected),
@@ -120,13 +122,15 @@ def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384
 
 
 def results_table(summaries: list[dict]) -> str:
-    lines = ["| model | variant | samples | IoU mean | IoU median | silhouette IoU | Chamfer mm | P2S mm |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | variant | samples | IoU mean (0.5) | IoU median (0.5) | IoU mean (model level) | "
+             "silhouette IoU | Chamfer mm | P2S mm |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
         def cell(key, fmt="{:.3f}"):
             return fmt.format(s[key]) if key in s else "n/a"
         lines.append(f"| {s['model']} | {s['variant']} | {s['samples']} | {cell('iou_mean')} | "
-                     f"{cell('iou_median')} | {cell('silhouette_iou_mean')} | {cell('chamfer_mm_mean', '{:.1f}')} | "
+                     f"{cell('iou_median')} | {cell('iou_at_model_level_mean')} ({s['level']:g}) | "
+                     f"{cell('silhouette_iou_mean')} | {cell('chamfer_mm_mean', '{:.1f}')} | "
                      f"{cell('p2s_mm_mean', '{:.1f}')} |")
     return "\n".join(lines)
 
