@@ -54,6 +54,8 @@ def test_files_manifest_card(dataset):
         assert np.all((s["parts"] > 0) == (s["mask"] > 0))
         assert s["landmarks16"].shape == (16, 3) and np.all(np.isfinite(s["landmarks16"]))
         assert s["landmarks16_detected"].shape == (16, 3)
+        if s["meta"]["detected"]:  # mediapipe's own mask, what inference feeds the network
+            assert s["mask_detected"].shape == (64, 64) and s["mask_detected"].dtype == np.uint8
         assert s["volume"].shape == (64, 64, 64) and s["volume"].any()
         assert s["vertices_vox"].shape == (13718, 3) and s["joints_cam"].shape == (104, 3)
         assert s["meta"]["crop_box"]["width"] > 0 and s["meta"]["px_per_metre"] > 0

@@ -243,13 +243,14 @@ def make_sample(index: int, ctx: Context) -> dict:
 
     t = time.perf_counter()
     lm_det = np.full((16, 3), np.nan, np.float32)
+    mask_det = None  # mediapipe's soft mask on the crop: what the network is given at inference
     detected = False
     if not args.no_detect:
         from core.detect import detect_person
         from core.errors import NoPersonError
         try:
-            lm_det = detect_person(rgb, name=f"sample {index}").landmarks16
-            detected = True
+            det = detect_person(rgb, name=f"sample {index}")
+            lm_det, mask_det, detected = det.landmarks16, det.mask, True
         except NoPersonError:
             pass
     tm["detect"] = time.perf_counter() - t
@@ -303,7 +304,7 @@ def make_sample(index: int, ctx: Context) -> dict:
     )
     write_sample(sample_path(args.out, index), rgb=rgb, mask=mask, parts=parts, landmarks16=lm16,
                  landmarks16_detected=lm_det, volume=volume, vertices_vox=verts_vox, joints_vox=joints_vox,
-                 vertices_cam=pc, joints_cam=joints_cam, meta=meta)
+                 vertices_cam=pc, joints_cam=joints_cam, meta=meta, mask_detected=mask_det)
     tm["write"] = time.perf_counter() - t
     return tm
 

@@ -16,6 +16,7 @@ from core.errors import DataError
 
 KEYS = ("rgb", "mask", "parts", "landmarks16", "landmarks16_detected", "volume_bits", "volume_shape",
         "vertices_vox", "joints_vox", "vertices_cam", "joints_cam", "meta")
+OPTIONAL_KEYS = ("mask_detected",)  # uint8 0..255 mediapipe person probability; absent when nobody was found
 SAMPLE_DIGITS = 7
 
 
@@ -36,8 +37,9 @@ def unpack_volume(volume_bits, volume_shape) -> np.ndarray:
 
 
 def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, volume, vertices_vox,
-                 joints_vox, vertices_cam, joints_cam, meta: dict) -> Path:
-    """Write one sample atomically. `volume` is the bool (D, H, W) occupancy."""
+                 joints_vox, vertices_cam, joints_cam, meta: dict, mask_detected=None) -> Path:
+    """Write one sample atomically. `volume` is the bool (D, H, W) occupancy; `mask_detected` the
+    detector's person probability on the crop, in [0, 1] (None when nobody was found)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bits, shape = pack_volume(volume)
@@ -53,6 +55,8 @@ def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, v
         joints_cam=np.asarray(joints_cam, np.float32).reshape(-1, 3),
         meta=np.array(json.dumps(meta, sort_keys=True)),
     )
+    if mask_detected is not None:
+        arrays["mask_detected"] = np.round(np.clip(mask_detected, 0, 1) * 255).astype(np.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -76,7 +80,7 @@ def read_sample(path, volume: bool = True) -> dict:
             if missing:
                 raise DataError(f"Sample {path} lacks {', '.join(missing)}.",
                                 "Delete it and run make_dataset again to regenerate it.")
-            out = {k: z[k] for k in KEYS}
+            out = {k: z[k] for k in KEYS + OPTIONAL_KEYS if k in z.files}
     except DataError:
         raise
     except Exception as e:  # truncated zip, bad header, ...
