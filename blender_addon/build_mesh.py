@@ -19,7 +19,6 @@ undo step.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -35,15 +34,13 @@ MIN_WEIGHT = 1e-3
 
 
 def load_result(path) -> dict:
-    """Read the backend's result .npz (allow_pickle=False) into a dict; strings become str."""
-    with np.load(path, allow_pickle=False) as data:
-        res = {k: data[k] for k in data.files}
-    for key in ("photo", "texture", "landmarks_image", "model_name"):
-        if key in res:
-            res[key] = str(res[key])
-    res["warnings"] = json.loads(str(res["warnings"])) if "warnings" in res else []
-    res["timings"] = json.loads(str(res["timings"])) if "timings" in res else {}
-    return res
+    """The backend's result file, read by the library's own reader (core.backend.load_result, numpy only)."""
+    from . import paths
+
+    paths.ensure_core_importable()
+    from core.backend import load_result as read
+
+    return read(path)
 
 
 def object_name_for(photo: str) -> str:

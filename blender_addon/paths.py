@@ -178,7 +178,8 @@ def in_process_available() -> bool:
 
 
 def ensure_core_importable() -> None:
-    """Put the library's folder on sys.path when `core` is not importable yet (in-process path only)."""
+    """Put the library's folder on sys.path when `core` is not importable yet: the in-process path, and the
+    result reader (core.backend imports only numpy at module level, so this is safe in any Blender)."""
     import importlib.util
 
     if importlib.util.find_spec("core") is not None:

@@ -18,7 +18,7 @@ import torch
 from core.encode import encode
 from core.errors import DataError
 from core.landmarks import flip_landmarks
-from train.samples import read_sample
+from train.samples import INPUT_KEYS, read_sample
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int):
-        sample = read_sample(self.rows[index]["path"])
+        sample = read_sample(self.rows[index]["path"], keys=INPUT_KEYS)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         landmarks = np.array(training_landmarks(sample, rng, self.detected_landmarks), dtype=np.float32)
         volume = pool_volume(sample["volume"], pooling_factor(self.volume_shape, self.target_shape))

@@ -17,6 +17,7 @@ from core.errors import DataError
 KEYS = ("rgb", "mask", "parts", "landmarks16", "landmarks16_detected", "volume_bits", "volume_shape",
         "vertices_vox", "joints_vox", "vertices_cam", "joints_cam", "meta")
 OPTIONAL_KEYS = ("mask_detected",)  # uint8 0..255 mediapipe person probability; absent when nobody was found
+INPUT_KEYS = ("rgb", "mask", "landmarks16", "landmarks16_detected")  # what a network input is built from
 SAMPLE_DIGITS = 7
 
 
@@ -71,16 +72,22 @@ def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, v
     return path
 
 
-def read_sample(path, volume: bool = True) -> dict:
-    """Load a sample: arrays, meta as a dict, and (volume=True) 'volume' unpacked to bool (D, H, W)."""
+def read_sample(path, volume: bool = True, keys=KEYS) -> dict:
+    """Load a sample: arrays, meta as a dict, and (volume=True) 'volume' unpacked to bool (D, H, W).
+
+    `keys` limits what is decompressed (plus the optional keys present and what `volume` needs): the
+    training loader skips the vertex arrays, which take two thirds of a full read (6.6 ms -> 2.1 ms a
+    128^3 sample on the 2-core CPU).
+    """
     path = Path(path)
+    wanted = set(keys) | {"meta"} | ({"volume_bits", "volume_shape"} if volume else set())
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in KEYS if k not in z.files]
+            missing = [k for k in KEYS if k in wanted and k not in z.files]
             if missing:
                 raise DataError(f"Sample {path} lacks {', '.join(missing)}.",
                                 "Delete it and run make_dataset again to regenerate it.")
-            out = {k: z[k] for k in KEYS + OPTIONAL_KEYS if k in z.files}
+            out = {k: z[k] for k in (*KEYS, *OPTIONAL_KEYS) if (k in wanted or k in OPTIONAL_KEYS) and k in z.files}
     except DataError:
         raise
     except Exception as e:  # truncated zip, bad header, ...
