@@ -222,6 +222,7 @@ def make_armature(name: str, result: dict, mesh_obj: bpy.types.Object, coll: bpy
     tails = np.asarray(result["armature_tails"], np.float64)
     parents = np.asarray(result["armature_parents"], np.int64)
     weights = np.asarray(result["armature_weights"], np.float32)
+    axes = np.asarray(result["armature_axes"], np.float64) if "armature_axes" in result else None
     n_verts = len(mesh_obj.data.vertices)
     if not (len(names) == len(heads) == len(tails) == len(parents)) or weights.shape != (n_verts, len(names)):
         raise ValueError("The result's armature arrays do not match each other or the mesh.")
@@ -242,11 +243,13 @@ def make_armature(name: str, result: dict, mesh_obj: bpy.types.Object, coll: bpy
             bpy.ops.object.mode_set(mode="EDIT")
             try:
                 bones = []
-                for n, h, t in zip(names, heads, tails):
+                for j, (n, h, t) in enumerate(zip(names, heads, tails)):
                     b = arm_data.edit_bones.new(n)
                     b.head, b.tail = h.tolist(), t.tolist()
                     if (b.tail - b.head).length < 1e-5:
                         b.tail = (h + np.array([0.0, 0.0, 0.01])).tolist()
+                    if axes is not None:  # the roll: the bone's z axis as the rig has it
+                        b.align_roll(axes[j][:, 2].tolist())
                     bones.append(b)
                 for b, p in zip(bones, parents):
                     if 0 <= p < len(bones):

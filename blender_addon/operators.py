@@ -53,6 +53,7 @@ def make_request(context) -> dict:
         "subject_height": float(props.subject_height),
         "smoothing": int(props.smoothing),
         "face_budget": int(props.face_budget) or None,
+        "rig": bool(props.add_armature) and props.method == "vrn",  # HMNet results are always rigged
         "output": str(jobs.new_output_path(photo)),
         "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
     }

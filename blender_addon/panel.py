@@ -60,9 +60,7 @@ class MONOHUMAN_PT_main(bpy.types.Panel):
         box.prop(props, "smoothing")
         box.prop(props, "face_budget")
         box.prop(props, "project_texture")
-        row = box.row()
-        row.active = props.method == "hmnet"
-        row.prop(props, "add_armature")
+        box.prop(props, "add_armature")
         box.prop(props, "show_landmarks")
         if hasattr(prefs, "bl_rna"):  # the real preferences (not the defaults stand-in)
             box.prop(prefs, "device")

@@ -8,8 +8,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 from . import paths
 
 METHOD_ITEMS = (
-    ("vrn", "VRN", "Volumetric regression: a detailed surface (clothes, hair), not rigged"),
-    ("hmnet", "HumanMeshNet", "Template body regression: the Anny body, rigged (needs a HumanMeshNet model)"),
+    ("vrn", "VRN", "Volumetric regression: a detailed surface (clothes, hair); rigged through HumanMeshNet"),
+    ("hmnet", "HumanMeshNet", "Template body regression: the Anny body with its rig"),
 )
 
 
@@ -49,7 +49,8 @@ class MonohumanProperties(bpy.types.PropertyGroup):
                                   description="Material that projects the photo onto the front; the back is "
                                               "filled with the person's mean colour")
     add_armature: BoolProperty(name="Add Armature", default=True,
-                               description="Create the rig when the method gives one (HumanMeshNet)")
+                               description="Rig the body so it can be posed: Anny's armature and skin weights "
+                                           "(VRN surfaces take them from a HumanMeshNet body fitted to them)")
     show_landmarks: BoolProperty(name="Show Landmarks", default=False,
                                  description="Load the photo with the detected landmarks drawn as an image "
                                              "(shown in any open Image Editor)")

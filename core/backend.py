@@ -8,6 +8,7 @@ environment that has them (the project's `.venv`). The protocol is deliberately 
       {"photo": "/path/person.jpg", "model": "default" | name | path, "method": "vrn",
        "device": "auto" | "gpu" | "cpu", "subject_height": 1.70, "smoothing": 10,
        "face_budget": null | int, "output": "/path/result.npz",
+       "rig": false, "rig_model": "default",          # optional: rig a VRN surface with this HMNet model
        "model_dirs": ["/extra/models", ...]}          # optional: searched before the default dirs
 
 * stdout: JSON lines ``{"stage": "detect", "fraction": 0.15}`` while it works, then exactly one final
@@ -57,10 +58,11 @@ RESULT_KEYS = (
     "warnings",        # str (JSON list)
     "timings",         # str (JSON dict, seconds per stage)
 )
-# Present only when the method produces a rig (HumanMeshNet): names (J,) str, heads/tails (J, 3) float32,
-# parents (J,) int32 (-1 = root), weights (N, J) float32.
+# Present only when the result has a rig (HumanMeshNet; VRN with "rig": true): names (J,) str, heads/tails
+# (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32, axes (J, 3, 3) float32 (bone x, y,
+# z as columns: the roll).
 ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents",
-                 "armature_weights")
+                 "armature_weights", "armature_axes")
 
 DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
 LANDMARK_IMAGE_MAX_HEIGHT = 1024
@@ -83,7 +85,7 @@ def _check_request(request: dict) -> dict:
         if not request.get(key):
             raise InputError(f"The backend request has no '{key}'.", "Name the photo and the output file.")
     req = {"model": "default", "method": "vrn", "device": "auto", "subject_height": 1.70, "smoothing": 10,
-           "face_budget": None, **request}
+           "face_budget": None, "rig": False, "rig_model": "default", **request}
     device = str(req["device"]).lower()
     if device not in DEVICES:
         raise InputError(f"Unknown device {req['device']!r}.", "Use auto, gpu or cpu.")
@@ -92,6 +94,7 @@ def _check_request(request: dict) -> dict:
     req["smoothing"] = int(req["smoothing"])
     fb = req.get("face_budget")
     req["face_budget"] = int(fb) if fb else None
+    req["rig"] = bool(req["rig"])
     return req
 
 
@@ -148,17 +151,15 @@ def result_arrays(result, photo: str, texture: str, landmarks_image: str) -> dic
         "warnings": np.array(json.dumps(list(result.warnings))),
         "timings": np.array(json.dumps({k: float(v) for k, v in result.timings.items()})),
     }
-    arm = getattr(result, "armature", None)
-    if arm:
-        weights = arm["weights"]
-        if hasattr(weights, "toarray"):  # scipy sparse
-            weights = weights.toarray()
+    rig = getattr(result, "rig", None)
+    if rig is not None:
         out.update({
-            "armature_names": np.asarray([str(n) for n in arm["names"]]),
-            "armature_heads": np.asarray(arm["heads"], np.float32),
-            "armature_tails": np.asarray(arm["tails"], np.float32),
-            "armature_parents": np.asarray(arm["parents"], np.int32),
-            "armature_weights": np.asarray(weights, np.float32),
+            "armature_names": np.asarray([str(n) for n in rig.names]),
+            "armature_heads": np.asarray(rig.heads, np.float32),
+            "armature_tails": np.asarray(rig.tails, np.float32),
+            "armature_parents": np.asarray(rig.parents, np.int32),
+            "armature_weights": np.asarray(rig.dense_weights(), np.float32),
+            "armature_axes": np.asarray(rig.axes, np.float32),
         })
     return out
 
@@ -190,7 +191,9 @@ def run_request(request: dict, progress: Progress | None = None,
     model = _resolve_model(req["model"], req["method"], req.get("model_dirs") or [])
     result = reconstruct(req["photo"], model=model, method=req["method"], device=req["device"],
                          subject_height=req["subject_height"], smoothing=req["smoothing"],
-                         face_budget=req["face_budget"], progress=progress, cancel=cancel)
+                         face_budget=req["face_budget"], rig=req["rig"],
+                         rig_model=_resolve_model(req["rig_model"], "hmnet", req.get("model_dirs") or []),
+                         progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise _cancelled_error()
 

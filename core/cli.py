@@ -51,11 +51,13 @@ def cmd_reconstruct(args) -> int:
                              f"Use one of {', '.join(SUFFIXES)}.")
     result = reconstruct(args.photo, model=args.model, method=args.method, device=args.device,
                          subject_height=args.height, smoothing=args.smoothing, face_budget=args.faces,
-                         progress=None if args.quiet else _progress_bar())
+                         rig=args.rig, rig_model=args.rig_model, progress=None if args.quiet else _progress_bar())
+    if result.rig is not None and out.suffix.lower() != ".glb":
+        result.warnings.append(f"{out.suffix} files cannot carry the rig; write a .glb to keep it.")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_mesh(result.mesh, out)
+    save_mesh(result.mesh, out, skin=result.rig)
     written = {"mesh": str(out)}
     if args.preview:
         from core.preview import write_preview
@@ -67,7 +69,8 @@ def cmd_reconstruct(args) -> int:
     extent = result.mesh.bounds[1] - result.mesh.bounds[0]
     summary = {**written, "model": result.model_name, "vertices": len(result.mesh.vertices),
                "faces": len(result.mesh.faces), "height_m": round(float(extent[2]), 4),
-               "watertight": bool(result.mesh.is_watertight),
+               "watertight": bool(result.mesh.is_watertight), "method": result.method,
+               "bones": 0 if result.rig is None else len(result.rig.names),
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()}, "warnings": result.warnings}
     if args.json:
         print(json.dumps(summary))
@@ -118,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("photo", help="JPEG/PNG/WebP photo of one person, whole body visible")
     rec.add_argument("-o", "--output", help="OUT.glb | OUT.obj | OUT.ply (default: beside the photo, .glb)")
     rec.add_argument("--model", default="default", help="model name in models/ or a path (default: shipped)")
-    rec.add_argument("--method", default="vrn", choices=["vrn"], help="reconstruction method")
+    rec.add_argument("--method", default="vrn", choices=["vrn", "hmnet"],
+                     help="vrn: detailed surface (volumetric regression); hmnet: Anny's body, rigged")
+    rec.add_argument("--rig", action="store_true",
+                     help="vrn: rig the surface from a HumanMeshNet body (hmnet is always rigged); "
+                          "the .glb then carries the armature and skin weights")
+    rec.add_argument("--rig-model", default="default", help="HumanMeshNet model used by --rig (default: shipped)")
     rec.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rec.add_argument("--height", type=float, default=1.70, help="subject height in metres (default 1.70)")
     rec.add_argument("--smoothing", type=int, default=10, help="surface smoothing iterations (0 = none)")

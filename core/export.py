@@ -13,12 +13,23 @@
   ``(x, y, z) -> (x, z, -y)``, matrix :data:`ZUP_TO_YUP`.  The person then faces +Z in glTF (the glTF
   "front"), and lands in Blender Z up, facing -Y, exactly as in the metric frame.  Undo it with
   :data:`YUP_TO_ZUP` after loading a GLB with trimesh (which does not convert axes).
+* Skin (GLB only; OBJ/PLY ignore it): ``save_mesh(mesh, "x.glb", skin=rig)`` with a :class:`core.rig.Rig` in
+  the mesh's frame adds one node per bone (named after it, children under their parent) whose local frame
+  is the bone's frame (``Rig.axes``: x, y = head -> tail, z) at its head, turned Y-up like the mesh, so
+  Blender's glTF importer (bone tips on the node's +Y) rebuilds the bones with their direction and roll;
+  a glTF skin whose bind pose is the rig's rest pose (``inverseBindMatrices`` = the inverse of each bone's
+  world matrix); and per vertex the 4 largest skin weights (``JOINTS_0`` / ``WEIGHTS_0``, renormalised to
+  sum to 1), the most every glTF reader supports.  Anny's weights have up to 9 influences: dropping the
+  rest moves a vertex by up to ~1.5 cm when an arm is raised 60 degrees.  glTF stores no bone lengths;
+  importers guess them (Blender: the distance to the nearest child bone).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
 import tempfile
 from pathlib import Path
 
@@ -99,10 +110,12 @@ def _obj_bytes(mesh: trimesh.Trimesh, stem: str) -> tuple[str, dict[str, bytes]]
     return text, {}
 
 
-def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
+def save_mesh(mesh: trimesh.Trimesh, path, *, skin=None) -> Path:
     """Write ``mesh`` to ``path`` (.obj, .ply or .glb, by suffix); returns the path written.
 
-    OBJ/PLY keep the mesh's axes; GLB is rotated Z-up -> Y-up (see the module doc).
+    OBJ/PLY keep the mesh's axes; GLB is rotated Z-up -> Y-up (see the module doc).  ``skin``: a
+    :class:`core.rig.Rig` for ``mesh`` (same vertices, same frame), written as a glTF skin in a GLB; OBJ and
+    PLY cannot carry one and ignore it (the caller warns).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -118,6 +131,8 @@ def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
         )
     if path.is_dir():
         raise MonohumanError(f"Cannot save the mesh: '{path}' is a folder.", "Give a file name.")
+    if skin is not None and suffix == ".glb":
+        _check_skin(skin, len(mesh.vertices))
 
     if suffix == ".obj":
         text, files = _obj_bytes(mesh, path.stem)
@@ -136,5 +151,133 @@ def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
         scene = trimesh.Scene()
         scene.add_geometry(m, node_name="monohuman_body", geom_name="monohuman_body")
         data = trimesh.exchange.gltf.export_glb(scene, include_normals=True)
+        if skin is not None:
+            data = _add_skin(data, skin)
         write_atomic(path, data)
     return path
+
+
+# glTF constants
+_FLOAT, _USHORT, _ARRAY_BUFFER = 5126, 5123, 34962
+_INFLUENCES = 4  # JOINTS_0 / WEIGHTS_0 hold 4 bones per vertex, what every glTF reader supports
+
+
+def _skin_error(problem: str) -> MonohumanError:
+    return MonohumanError(f"Cannot save the armature: {problem}.",
+                          "Build the rig for this mesh (core.rig) and pass it unchanged.")
+
+
+def _layout_error(problem: str) -> MonohumanError:
+    return MonohumanError(f"Cannot add the armature to the GLB written by trimesh: {problem}.",
+                          f"Report this together with the trimesh version ({trimesh.__version__}).")
+
+
+def _check_skin(rig, vertex_count: int) -> None:
+    """Refuse a rig that does not fit the mesh, before anything is written."""
+    n = len(rig.names)
+    index, weight = np.asarray(rig.skin_index), np.asarray(rig.skin_weight, dtype=np.float64)
+    parents = np.asarray(rig.parents)
+    if index.ndim != 2 or index.shape != weight.shape:
+        raise _skin_error(f"its skin indices {index.shape} and weights {weight.shape} differ in shape")
+    if len(index) != vertex_count:
+        raise _skin_error(f"its skin weights are for {len(index)} vertices, the mesh has {vertex_count}")
+    if not (0 < n < 65536) or parents.shape != (n,) or np.shape(rig.heads) != (n, 3) \
+            or np.shape(rig.axes) != (n, 3, 3):
+        raise _skin_error(f"its bone arrays do not match its {n} bone names")
+    if not all(-1 <= p < b for b, p in enumerate(parents)) or (parents == -1).sum() != 1:
+        raise _skin_error("it needs exactly one root bone (parent -1), each parent listed before its children")
+    if index.size and (index.min() < 0 or index.max() >= n):
+        raise _skin_error(f"its skin weights name bone numbers outside 0..{n - 1}")
+    if not np.isfinite(weight).all() or (weight < 0).any() or (np.abs(weight.sum(1) - 1) > 1e-3).any():
+        raise _skin_error("its skin weights must be finite, not negative, and sum to 1 on each vertex")
+
+
+def _bone_worlds(rig) -> np.ndarray:
+    """(J, 4, 4) bind-pose world matrix of each bone in the glTF frame: its axes (made exactly orthonormal)
+    at its head, turned Z-up -> Y-up."""
+    u, _, vt = np.linalg.svd(np.asarray(rig.axes, dtype=np.float64))
+    worlds = np.tile(np.eye(4), (len(rig.names), 1, 1))
+    worlds[:, :3, :3] = u @ vt  # axes are rotations already; this only removes rounding
+    worlds[:, :3, 3] = rig.heads
+    return ZUP_TO_YUP @ worlds
+
+
+def _influences(rig) -> tuple[np.ndarray, np.ndarray]:
+    """The 4 largest weights per vertex (padded with weight 0 on bone 0), renormalised to sum to 1."""
+    weight = np.asarray(rig.skin_weight, dtype=np.float64)
+    index = np.asarray(rig.skin_index)
+    if weight.shape[1] < _INFLUENCES:
+        pad = ((0, 0), (0, _INFLUENCES - weight.shape[1]))
+        weight, index = np.pad(weight, pad), np.pad(index, pad)
+    keep = np.argsort(-weight, axis=1, kind="stable")[:, :_INFLUENCES]
+    weight = np.take_along_axis(weight, keep, axis=1)
+    index = np.where(weight > 0, np.take_along_axis(index, keep, axis=1), 0)
+    return index.astype(np.uint16), (weight / weight.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _add_skin(glb: bytes, rig) -> bytes:
+    """The GLB written by trimesh (one mesh node) with ``rig`` added: bone nodes, a skin, JOINTS_0 and WEIGHTS_0.
+
+    GLB = 12-byte header, then a JSON chunk (padded with spaces) and a BIN chunk (padded with zeros), each
+    with an 8-byte header; the new arrays go at the end of the BIN chunk.
+    """
+    magic, version, _ = struct.unpack_from("<4sII", glb, 0)
+    json_len, json_type = struct.unpack_from("<I4s", glb, 12)
+    bin_len, bin_type = struct.unpack_from("<I4s", glb, 20 + json_len)
+    if (magic, version, json_type, bin_type) != (b"glTF", 2, b"JSON", b"BIN\0"):
+        raise _layout_error("its chunks are not JSON + BIN")
+    gltf = json.loads(glb[20:20 + json_len])
+    binary = bytearray(glb[28 + json_len:28 + json_len + bin_len])
+    binary.extend(b"\0" * (-len(binary) % 4))  # trimesh pads already; new views start 4-byte aligned
+
+    meshes, mesh_nodes = gltf.get("meshes", []), [node for node in gltf["nodes"] if "mesh" in node]
+    if len(meshes) != 1 or len(meshes[0]["primitives"]) != 1 or len(mesh_nodes) != 1:
+        raise _layout_error("it is not one mesh node with one primitive")
+    primitive, mesh_node = meshes[0]["primitives"][0], mesh_nodes[0]
+    count = gltf["accessors"][primitive["attributes"]["POSITION"]]["count"]
+    if count != len(rig.skin_index):  # trimesh must keep the vertices as they are, one for one
+        raise _layout_error(f"it holds {count} vertices, the skin is for {len(rig.skin_index)}")
+    identity = np.eye(4).ravel().tolist()
+    if mesh_node.pop("matrix", identity) != identity or {"translation", "rotation", "scale"} & mesh_node.keys():
+        raise _layout_error("the mesh node has a transform, which a skinned mesh ignores")
+
+    def accessor(array: np.ndarray, kind: str, component: int, target: int | None = None) -> int:
+        """Append ``array`` to the BIN chunk as a new buffer view + accessor; returns the accessor index."""
+        view = {"buffer": 0, "byteOffset": len(binary), "byteLength": array.nbytes}
+        if target is not None:
+            view["target"] = target
+        binary.extend(array.tobytes())
+        binary.extend(b"\0" * (-len(binary) % 4))
+        gltf["bufferViews"].append(view)
+        gltf["accessors"].append({"bufferView": len(gltf["bufferViews"]) - 1, "componentType": component,
+                                  "count": len(array), "type": kind})
+        return len(gltf["accessors"]) - 1
+
+    joints, weights = _influences(rig)
+    primitive["attributes"]["JOINTS_0"] = accessor(joints, "VEC4", _USHORT, _ARRAY_BUFFER)
+    primitive["attributes"]["WEIGHTS_0"] = accessor(weights, "VEC4", _FLOAT, _ARRAY_BUFFER)
+
+    worlds = _bone_worlds(rig)
+    inverse_binds = np.linalg.inv(worlds)
+    first = len(gltf["nodes"])
+    for b, name in enumerate(rig.names):
+        parent = int(rig.parents[b])
+        local = worlds[b] if parent < 0 else inverse_binds[parent] @ worlds[b]
+        w, x, y, z = trimesh.transformations.quaternion_from_matrix(local)
+        gltf["nodes"].append({"name": str(name), "translation": local[:3, 3].tolist(),
+                              "rotation": [float(x), float(y), float(z), float(w)]})
+        if parent >= 0:
+            gltf["nodes"][first + parent].setdefault("children", []).append(first + b)
+    root = first + int(np.flatnonzero(np.asarray(rig.parents) < 0)[0])
+    gltf["scenes"][gltf.get("scene", 0)]["nodes"].append(root)
+    ibm = accessor(inverse_binds.transpose(0, 2, 1).astype(np.float32), "MAT4", _FLOAT)  # column-major
+    gltf.setdefault("skins", []).append({"joints": list(range(first, first + len(rig.names))),
+                                         "inverseBindMatrices": ibm, "skeleton": root})
+    mesh_node["skin"] = len(gltf["skins"]) - 1
+    gltf["buffers"][0]["byteLength"] = len(binary)
+
+    text = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(binary)
+    return b"".join([struct.pack("<4sII", b"glTF", 2, total), struct.pack("<I4s", len(text), b"JSON"), text,
+                     struct.pack("<I4s", len(binary), b"BIN\0"), bytes(binary)])

