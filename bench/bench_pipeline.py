@@ -2,7 +2,8 @@
 
     python bench/bench_pipeline.py [--photo examples/person.png] [--features 64] [--volume 128x128x128]
 
-Stages (detect, crop, encode, network, surface, frame) come from `core.reconstruct` with the shipped model.
+Stages (detect, crop, encode, network, surface, frame, rig) come from `core.reconstruct` with the shipped
+models: VRN, VRN rigged from a fitted HumanMeshNet body, and HumanMeshNet, measured side by side.
 The variant table times only the forward pass at one width and volume for every variant (weights are
 random: this measures cost, not quality). Runs on the CPU, and on CUDA (bf16) too when there is a GPU.
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import describe  # noqa: E402
 from core.networks.vrn import VARIANTS, build_vrn, config_for  # noqa: E402
-from core.reconstruct import DEFAULT_MODELS, reconstruct  # noqa: E402
+from core.reconstruct import STAGES, reconstruct  # noqa: E402
 
 
 def median_time(fn, repeat: int, sync=lambda: None) -> float:
@@ -37,17 +38,29 @@ def median_time(fn, repeat: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
+PIPELINES = (("VRN", dict(method="vrn")), ("VRN + rig", dict(method="vrn", rig=True)),
+             ("HumanMeshNet", dict(method="hmnet")))
+
+
 def pipeline_table(photo: Path, repeat: int) -> list[str]:
-    runs = [reconstruct(photo, model=DEFAULT_MODELS["vrn"]) for _ in range(repeat + 1)][1:]
-    stages = [s for s in runs[0].timings if s != "total"] + ["total"]
-    lines = [f"Shipped model `{runs[0].model_name}` on `{photo.name}` ({runs[0].image.shape[1]}x"
-             f"{runs[0].image.shape[0]}), median of {repeat} runs after one warm-up, CPU:", "",
-             "| stage | ms |", "| --- | ---: |"]
+    """Per-stage medians of the shipped models, the three ways the product runs them, side by side."""
+    runs = {}
+    for label, kw in PIPELINES:  # interleaved, so machine load drifts alike for all three
+        for _ in range(repeat + 1):
+            runs.setdefault(label, []).append(reconstruct(photo, **kw))
+    runs = {k: v[1:] for k, v in runs.items()}  # drop the warm-up
+    stages = [s for s, _ in STAGES if any(s in r.timings for v in runs.values() for r in v)] + ["total"]
+    first = runs["VRN + rig"][0]
+    lines = [f"Shipped models `{first.model_name}` and `{runs['HumanMeshNet'][0].model_name}` on `{photo.name}` "
+             f"({first.image.shape[1]}x{first.image.shape[0]}), median of {repeat} runs after one warm-up, CPU:",
+             "", "| stage | " + " | ".join(f"{k} ms" for k in runs) + " |", "| --- |" + " ---: |" * len(runs)]
     for s in stages:
-        lines.append(f"| {s} | {1000 * statistics.median(r.timings[s] for r in runs):.1f} |")
-    surface = runs[0].mesh.metadata.get("surface_timings") or {}
+        cells = [f"{1000 * statistics.median(r.timings[s] for r in v):.1f}" if s in v[0].timings else "-"
+                 for v in runs.values()]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    surface = runs["VRN"][0].mesh.metadata.get("surface_timings") or {}
     if surface:
-        lines += ["", "Surface stage split: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in surface.items())]
+        lines += ["", "Surface stage split (VRN): " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in surface.items())]
     return lines
 
 

@@ -91,10 +91,10 @@ def evaluate_mean_body(data_dirs, split: str = "test", limit: int = 0) -> dict:
 
 
 def results_table(summaries: list[dict]) -> str:
-    lines = ["| model | variant | samples | surface mm | joint mm | PA surface mm | PA joint mm |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | variant | epochs | samples | surface mm | joint mm | PA surface mm | PA joint mm |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
-        lines.append(f"| {s['model']} | {s['variant']} | {s['samples']} | "
+        lines.append(f"| {s['model']} | {s['variant']} | {len(s.get('history', [])) or '-'} | {s['samples']} | "
                      + " | ".join(f"{s[k + '_mean']:.1f}" for k in KEYS) + " |")
     return "\n".join(lines)
 
