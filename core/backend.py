@@ -192,7 +192,8 @@ def run_request(request: dict, progress: Progress | None = None,
     result = reconstruct(req["photo"], model=model, method=req["method"], device=req["device"],
                          subject_height=req["subject_height"], smoothing=req["smoothing"],
                          face_budget=req["face_budget"], rig=req["rig"],
-                         rig_model=_resolve_model(req["rig_model"], "hmnet", req.get("model_dirs") or []),
+                         rig_model=_resolve_model(req["rig_model"], "hmnet", req.get("model_dirs") or [])
+                         if req["rig"] else "default",
                          progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise _cancelled_error()

@@ -255,7 +255,7 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     stage("crop")
     box, crop_rgb, crop_mask, crop_landmarks = _crop_inputs(rgb, det, loaded)
 
-    volume, joints_vox, body_rig = None, None, None
+    volume, body_rig = None, None
     if method == "hmnet":
         stage("network")
         verts_vox, joints_vox = predict_body(loaded, crop_rgb, crop_mask, crop_landmarks, torch_device)
@@ -297,7 +297,7 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     return Result(mesh=mesh, uv=uv, image=rgb, volume=volume, landmarks16=det.landmarks16,
                   landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
                   model_name=name, timings=stage.finish(), warnings=warnings + list(det.warnings), method=method,
-                  joints=joints if method == "vrn" else apply_transform(joints_vox, vox_to_metric), rig=body_rig)
+                  joints=joints, rig=body_rig)
 
 
 def default_output_path(photo: str | Path, suffix: str = ".glb") -> Path:

@@ -178,8 +178,9 @@ def data_shapes(cfg: TrainConfig, probe: VolumeDataset) -> tuple[tuple, tuple]:
     return volume, input_size
 
 
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.lr if epoch < math.ceil(cfg.lr_drop * cfg.epochs) else cfg.lr_late
+def learning_rate(cfg, epoch: int) -> float:
+    """lr until lr_drop of the epochs, then lr_late; lr_late <= 0 keeps lr throughout."""
+    return cfg.lr if cfg.lr_late <= 0 or epoch < math.ceil(cfg.lr_drop * cfg.epochs) else cfg.lr_late
 
 
 def split_train_val(dataset: VolumeDataset, val_samples: int, seed: int):

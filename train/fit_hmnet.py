@@ -243,7 +243,7 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
         for epoch in range(epoch0, cfg.epochs):
             train_set.set_epoch(epoch)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch) if cfg.lr_late else cfg.lr
+                group["lr"] = learning_rate(cfg, epoch)
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_part))
             batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size].tolist() for i in range(per_epoch)]
             loader = torch.utils.data.DataLoader(train_part, batch_sampler=batches[skip:], **loader_kw)

@@ -61,6 +61,7 @@ from core import checkpoint
 from core.networks.resnet import resnet18
 from core.parts import PART_NAMES
 from core.template import TEMPLATES, load_template, smooth
+from core.networks.config_json import config_to_dict, pos_int, variant_defaults
 
 ENCODERS = ("image", "parts")
 BRANCHES = ("vertices", "joints")
@@ -122,12 +123,12 @@ class HMNetConfig:
                               ("template", TEMPLATES), ("loss_weighting", WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise err(f"{name} must be one of {list(allowed)}; got {getattr(self, name)!r}")
-        if len(self.input_size) != 2 or not all(_pos_int(v) for v in self.input_size):
+        if len(self.input_size) != 2 or not all(pos_int(v) for v in self.input_size):
             raise err(f"input_size must be (H_in, W_in) positive ints; got {self.input_size}")
-        if len(self.volume_shape) != 3 or not all(_pos_int(v) for v in self.volume_shape):
+        if len(self.volume_shape) != 3 or not all(pos_int(v) for v in self.volume_shape):
             raise err(f"volume_shape must be (D, H, W) positive ints; got {self.volume_shape}")
         for name in ("width", "hidden"):
-            if not _pos_int(getattr(self, name)):
+            if not pos_int(getattr(self, name)):
                 raise err(f"{name} must be a positive int; got {getattr(self, name)!r}")
         for name in ("vertices", "joints"):
             v = getattr(self, name)
@@ -140,25 +141,12 @@ class HMNetConfig:
                 raise err(f"{name} must be true or false")
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "HMNetConfig":
         """Strict: unknown keys raise; absent keys take the named variant's defaults."""
-        if not isinstance(data, dict):
-            raise ValueError(f"an HMNet config must be a JSON object; got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown HMNet config keys {unknown}; known: {sorted(known)}")
-        if data.get("variant") not in VARIANTS:
-            raise ValueError(f"unknown HMNet variant {data.get('variant')!r}; known: {list(VARIANTS)}")
-        return cls(**{**VARIANTS[data["variant"]].to_dict(), **data})
-
-
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+        return cls(**{**variant_defaults(cls, data, "HMNet", VARIANTS), **data})
 
 
 VARIANT_NAMES = ("baseline", "hmnet", "hmnet-oracle", "hmnet-subsampled", "single-task-parts",

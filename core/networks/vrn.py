@@ -58,6 +58,7 @@ from core.encode import INPUT_CHANNELS
 from core.networks.blocks import (BLOCKS, NORMS, ConvNormReLU, block_dims, conv, make_block, make_blocks,
                                   norm_layer)
 from core.networks.hourglass import Hourglass, max_hourglass_depth
+from core.networks.config_json import config_to_dict, pos_int, variant_defaults
 
 HEADS = ("hybrid", "deconv", "bilinear")
 HEAD_SCALE = 4  # the hourglasses run at volume H/4 x W/4
@@ -122,12 +123,12 @@ class VRNConfig:
         if not _names_ok(self.inputs):
             raise err(f"inputs must be a non-empty subset of {list(INPUT_CHANNELS)} without repeats; "
                       f"got {list(self.inputs)}")
-        if len(self.input_size) != 2 or not all(_pos_int(v) for v in self.input_size):
+        if len(self.input_size) != 2 or not all(pos_int(v) for v in self.input_size):
             raise err(f"input_size must be (H_in, W_in) positive ints; got {self.input_size}")
-        if len(self.volume_shape) != 3 or not all(_pos_int(v) for v in self.volume_shape):
+        if len(self.volume_shape) != 3 or not all(pos_int(v) for v in self.volume_shape):
             raise err(f"volume_shape must be (D, H, W) positive ints; got {self.volume_shape}")
         for name in ("features", "stacks", "modules_per_hourglass", "hourglass_depth"):
-            if not _pos_int(getattr(self, name)):
+            if not pos_int(getattr(self, name)):
                 raise err(f"{name} must be a positive int; got {getattr(self, name)!r}")
         if self.features % 8:
             raise err(f"features must be a multiple of 8; got {self.features}")
@@ -155,37 +156,23 @@ class VRNConfig:
         if self.is_3d:
             if d % HEAD_SCALE:
                 raise err(f"conv3d needs volume depth D divisible by {HEAD_SCALE}; got {d}")
-            if not _pos_int(self.volume_features) or self.volume_features % 4:
+            if not pos_int(self.volume_features) or self.volume_features % 4:
                 raise err(f"volume_features must be a positive multiple of 4; got {self.volume_features}")
         elif self.volume_features != 0:
             raise err(f"volume_features is only for the flat3d block; set it to 0 (got {self.volume_features})")
 
     # ---- JSON -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "VRNConfig":
         """Strict: unknown keys raise; keys absent (older files) take the named variant's defaults."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a VRN config must be a JSON object; got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VRN config keys {unknown}; known: {sorted(known)}")
-        variant = data.get("variant")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown VRN variant {variant!r}; known: {list(VARIANTS)}")
-        base = VARIANTS[variant].to_dict()
+        base = variant_defaults(cls, data, "VRN", VARIANTS)
         if "volume_features" not in data and base["block"] == "flat3d":
             base["volume_features"] = 0
         base.update(data)
         return cls(**base)
-
-
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _pow2(v: int) -> bool:
