@@ -151,3 +151,48 @@ def test_conv3d_flops_roughly_match_multistack():
     ratio = flops(c3) / flops(ms)
     assert 0.7 < ratio < 1.3, ratio
     assert count_parameters(build_vrn(tiny("multistack"))) > 0
+
+
+def test_refinement_starts_as_identity_and_learns_at_full_resolution():
+    """The refine stage adds nothing at initialisation, then corrects the final logits pixel by pixel."""
+    torch.manual_seed(0)
+    plain, refined = tiny("multistack", TALL, norm="group"), tiny("multistack", TALL, norm="group", refine=8)
+    assert VRNConfig.from_dict(json.loads(json.dumps(refined.to_dict()))) == refined
+    assert VRNConfig.from_dict({k: v for k, v in refined.to_dict().items() if k != "refine"}).refine == 0
+    with pytest.raises(ValueError, match="refine"):
+        tiny("multistack", refine=-1)
+    a, b = build_vrn(plain), build_vrn(refined)
+    b.load_state_dict(a.state_dict(), strict=False)  # same trunk; only the refine weights are new
+    x = torch.randn(2, refined.in_channels, *refined.input_size)
+    a.eval(), b.eval()
+    torch.testing.assert_close(a(x)[-1], b(x)[-1])
+    # a one-pixel-wide target (a "limb") that the H/4 grid cannot draw: the refined net gets closer
+    target = torch.zeros(2, *TALL)
+    target[:, 4:8, :, 7] = 1
+    for net in (a, b):
+        net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for _ in range(60):
+            opt.zero_grad()
+            vrn_loss(net(x), target).backward()
+            opt.step()
+    with torch.no_grad():
+        err = [float(((net(x)[-1] > 0).float() - target).abs().sum()) for net in (a.eval(), b.eval())]
+    assert err[1] < err[0], err
+
+
+def test_iou_term_of_the_loss():
+    """soft IoU is 1 for a perfect confident prediction and the term is 0 then; it weighs body voxels."""
+    from core.networks.vrn import soft_iou
+
+    target = torch.zeros(1, 4, 4, 4)
+    target[0, 1:3, 1:3, 1:3] = 1
+    assert float(soft_iou(target, target)) == pytest.approx(1.0)
+    half = target.clone()
+    half[0, 1] = 0  # half of the body's 8 voxels: IoU 4/8
+    assert float(soft_iou(half, target)) == pytest.approx((4 + 1) / (8 + 1))
+    logits = torch.where(target > 0, 20.0, -20.0)
+    assert float(vrn_loss(logits, target, iou_weight=1.0)) == pytest.approx(float(vrn_loss(logits, target)), abs=1e-6)
+    missed = torch.full_like(target, -20.0)  # everything empty: BCE is small (8 of 64 voxels), IoU term is ~1
+    assert float(vrn_loss(missed, target, iou_weight=1.0)) - float(vrn_loss(missed, target)) == pytest.approx(
+        1 - 1 / 9, abs=1e-3)

@@ -56,6 +56,8 @@ class TrainConfig:
     lr_late: float = 1e-5
     lr_drop: float = 1 / 3  # fraction of the epochs after which lr becomes lr_late
     optimizer: str = "rmsprop"  # rmsprop (paper) | adam
+    refine: int = 0  # width of the full-resolution refinement stage (core/networks/vrn.py); 0 = none (paper)
+    iou_weight: float = 0.0  # weight of the soft-IoU term added to the paper's BCE; 0 = BCE only (paper)
     val_samples: int = 64  # training-split bodies held back for the validation IoU
     detected_landmarks: float = 0.5  # fraction of samples fed mediapipe's landmarks instead of projected ones
     workers: int = 2  # data loader processes
@@ -233,6 +235,8 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
         overrides["norm"] = cfg.norm
     if cfg.inputs:
         overrides["inputs"] = tuple(cfg.inputs.split(","))
+    if cfg.refine:
+        overrides["refine"] = cfg.refine
     net_cfg = config_for(cfg.variant, **overrides)
 
     aug = Augment()
@@ -296,7 +300,7 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits = ddp(x)
-                loss = vrn_loss([l.float() for l in logits], y)
+                loss = vrn_loss([l.float() for l in logits], y, cfg.iou_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
