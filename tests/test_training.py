@@ -133,3 +133,18 @@ def test_calibrate_records_a_validated_level_that_reconstruct_uses(tiny_dataset,
     assert set(table) == {"0.5", "0.3"}
     assert doc["inference"]["iso_level"] == float(max(table, key=table.get))
     assert surface_level(load_model(tmp_path / "m")) == doc["inference"]["iso_level"]  # weights hash still valid
+
+
+def test_iou_bounds_hand_computed():
+    """A 4-voxel-thick box: shifted one voxel keeps 3 of 5 voxels per column, one voxel thicker 4 of 6."""
+    from train.iou_bounds import depth_bounds
+
+    v = np.zeros((10, 6, 6), bool)
+    v[3:7, 1:5, 2:4] = True
+    b = depth_bounds(v)
+    assert b["slab_fill"] == pytest.approx(1.0)
+    assert b["shifted_one_voxel"] == pytest.approx(3 / 5)
+    assert b["one_voxel_thicker"] == pytest.approx(4 / 6)
+    assert b["thickness_voxels"] == pytest.approx(4.0)
+    v[4, 2, 2] = False  # a hole inside a column: the slab fills it back
+    assert depth_bounds(v)["slab_fill"] == pytest.approx(v.sum() / (v.sum() + 1))
