@@ -148,3 +148,15 @@ def test_iou_bounds_hand_computed():
     assert b["thickness_voxels"] == pytest.approx(4.0)
     v[4, 2, 2] = False  # a hole inside a column: the slab fills it back
     assert depth_bounds(v)["slab_fill"] == pytest.approx(v.sum() / (v.sum() + 1))
+
+
+def test_best_depth_shift_iou_finds_the_offset():
+    from train.metrics import best_depth_shift_iou, volume_iou
+
+    target = np.zeros((10, 6, 6), bool)
+    target[3:7, 1:5, 2:4] = True
+    pred = np.zeros_like(target)
+    pred[4:8, 1:5, 2:4] = True  # the right shape, one voxel too deep
+    assert float(volume_iou(pred, target)) == pytest.approx(3 / 5)
+    assert best_depth_shift_iou(pred, target) == (pytest.approx(1.0), -1)
+    assert best_depth_shift_iou(target, target) == (pytest.approx(1.0), 0)
