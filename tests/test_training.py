@@ -160,3 +160,29 @@ def test_best_depth_shift_iou_finds_the_offset():
     assert float(volume_iou(pred, target)) == pytest.approx(3 / 5)
     assert best_depth_shift_iou(pred, target) == (pytest.approx(1.0), -1)
     assert best_depth_shift_iou(target, target) == (pytest.approx(1.0), 0)
+
+
+def test_table1_trains_each_variant_and_writes_the_table(tiny_dataset, tmp_path):
+    """Two variants, two epochs each; a second call keeps the finished runs and writes the same table."""
+    from train.table1 import main as table1
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nwritten by a person\n")
+    argv = ["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--variants", "vrn-guided,mask-only",
+            "--epochs", "2", "--features", "8", "--volume", "32x64x64", "--norm", "group", "--batch-size", "2",
+            "--optimizer", "adam", "--lr", "3e-3", "--workers", "0", "--threads", "1", "--write", str(results)]
+    assert table1(argv) == 0
+    text = results.read_text()
+    assert "written by a person" in text
+    rows = [line for line in text.splitlines() if line.startswith("| vrn-guided") or line.startswith("| mask-only")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        val_half, val_final, test = float(cells[1]), float(cells[2]), float(cells[3].split()[0])
+        assert all(0.0 <= v <= 1.0 for v in (val_half, val_final, test)), row
+        assert cells[3].endswith("(4)")  # the tiny set's four held-out bodies
+    state = tmp_path / "runs" / "mask-only" / "state.safetensors"
+    before = state.stat().st_mtime_ns
+    assert table1(argv) == 0
+    assert results.read_text() == text
+    assert state.stat().st_mtime_ns == before
