@@ -186,3 +186,20 @@ def test_table1_trains_each_variant_and_writes_the_table(tiny_dataset, tmp_path)
     assert table1(argv) == 0
     assert results.read_text() == text
     assert state.stat().st_mtime_ns == before
+
+
+def test_depth_anchor_centres_the_occupied_volume():
+    """'centroid' moves a stored body so its occupied voxels' mean depth is at D/2; 'vertex-mean' keeps it."""
+    from train.dataset import depth_anchor_shift, target_volume
+
+    v = np.zeros((16, 8, 8), bool)
+    v[2:6, 2:6, 3:5] = True  # centroid depth 4.0 (voxel centres 2.5 .. 5.5): 4 voxels too near
+    assert depth_anchor_shift(v, "vertex-mean") == 0
+    assert depth_anchor_shift(v, "centroid") == 4
+    moved = target_volume(v, v.shape, "centroid")
+    assert moved.sum() == v.sum() and moved[6:10].all(axis=0).sum() == v[2:6].all(axis=0).sum()
+    pooled = target_volume(v, (8, 4, 4), "centroid")  # aligned at the data's resolution, then pooled
+    assert pooled.shape == (8, 4, 4) and pooled[3:5].any() and not pooled[:3].any()
+    assert depth_anchor_shift(np.zeros_like(v), "centroid") == 0
+    with pytest.raises(Exception, match="depth anchor"):
+        depth_anchor_shift(v, "middle")

@@ -24,7 +24,7 @@ from core.checkpoint import load_model
 from core.encode import encode
 from core.errors import MonohumanError
 from core.reconstruct import pick_device, predict_volume
-from train.dataset import VolumeDataset, pool_volume, pooling_factor, training_mask
+from train.dataset import VolumeDataset, model_depth_anchor, target_volume, training_mask
 from train.evaluate import inference_landmarks
 from train.fit import split_train_val
 from train.metrics import volume_iou
@@ -44,7 +44,7 @@ def iou_by_level(loaded, rows, levels, device) -> dict[float, float]:
     scores = {level: [] for level in levels}
     for row in rows:
         sample = read_sample(row["path"])
-        target = pool_volume(sample["volume"], pooling_factor(sample["volume"].shape, loaded.config.volume_shape))
+        target = target_volume(sample["volume"], loaded.config.volume_shape, model_depth_anchor(loaded))
         x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), loaded.config.inputs)
         prob = predict_volume(loaded, x, device)
         for level in levels:

@@ -65,6 +65,49 @@ def pool_volume(volume: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3, 5), dtype=np.float32) >= 0.5
 
 
+DEPTH_ANCHORS = ("vertex-mean", "centroid")
+
+
+def depth_anchor_shift(volume: np.ndarray, anchor: str) -> int:
+    """Whole voxels to move a stored volume along depth so it is aligned by `anchor`.
+
+    "vertex-mean" (the paper's "aligned by the mean of the Z component"; how samples are stored): the mean
+    depth of the mesh's vertices sits at D/2; no move. Anny's vertices are dense on the face, hands and
+    feet, so where that mean falls inside the body depends on the pose: the stored bodies' own centroids sit
+    2.6 voxels (std, 64^3) from D/2, an offset a network must guess from the photo. "centroid": the occupied
+    voxels' mean depth sits at D/2 (to within half a voxel of the stored grid), a function of the shape alone.
+    """
+    if anchor == "vertex-mean":
+        return 0
+    if anchor != "centroid":
+        raise DataError(f"Unknown depth anchor {anchor!r}.", f"Use one of {list(DEPTH_ANCHORS)}.")
+    occupied = volume.any(axis=(1, 2))
+    if not occupied.any():
+        return 0
+    per_slice = volume.sum(axis=(1, 2), dtype=np.int64)
+    centroid = float((per_slice * (np.arange(volume.shape[0]) + 0.5)).sum() / per_slice.sum())
+    return int(round(volume.shape[0] / 2.0 - centroid))
+
+
+def shift_depth(volume: np.ndarray, shift: int) -> np.ndarray:
+    """Move a (D, H, W) volume `shift` voxels deeper (negative: nearer), filling with empty space."""
+    return _shift(volume, shift, 0, axes=(0, 1)) if shift else volume
+
+
+def model_depth_anchor(loaded) -> str:
+    """The depth anchor a model was trained with (older models: the paper's vertex mean)."""
+    recipe = (loaded.meta.get("training") or {}).get("recipe") or {}
+    return str(recipe.get("depth_anchor", "vertex-mean"))
+
+
+def target_volume(volume: np.ndarray, model_shape, anchor: str = "vertex-mean") -> np.ndarray:
+    """A stored occupancy volume as a model's target: aligned by `anchor`, then pooled to the model's shape.
+
+    The one place training, calibration and evaluation turn sample volumes into targets."""
+    aligned = shift_depth(volume, depth_anchor_shift(volume, anchor))
+    return pool_volume(aligned, pooling_factor(volume.shape, model_shape))
+
+
 def training_landmarks(sample: dict, rng: np.random.Generator, detected_fraction: float) -> np.ndarray:
     """Detected landmarks (what inference sees) when there are some, mixed with the projected ground truth."""
     detected = sample.get("landmarks16_detected")
@@ -119,7 +162,7 @@ class VolumeDataset(torch.utils.data.Dataset):
     """(input, occupancy) pairs for one split of one or more dataset folders (shards)."""
 
     def __init__(self, data_dirs, split: str | None, inputs, volume_shape=None, augment: Augment = NO_AUGMENT,
-                 detected_landmarks: float = 0.5, seed: int = 0):
+                 detected_landmarks: float = 0.5, seed: int = 0, depth_anchor: str = "vertex-mean"):
         dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
         rows = [row for d in dirs for row in read_manifest(d)]
         self.rows = [r for r in rows if split is None or r.get("split") == split]
@@ -135,6 +178,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.detected_landmarks = detected_landmarks
         self.seed = seed
+        self.depth_anchor = depth_anchor
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -148,7 +192,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         sample = read_sample(self.rows[index]["path"], keys=INPUT_KEYS)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         landmarks = np.array(training_landmarks(sample, rng, self.detected_landmarks), dtype=np.float32)
-        volume = pool_volume(sample["volume"], pooling_factor(self.volume_shape, self.target_shape))
+        volume = target_volume(sample["volume"], self.target_shape, self.depth_anchor)
         rgb, mask, landmarks, volume = augment_sample(sample["rgb"], training_mask(sample), landmarks,
                                                       volume, self.augment, rng)
         x = encode(rgb, landmarks, mask, self.inputs)

@@ -27,7 +27,8 @@ from core.encode import encode
 from core.errors import MonohumanError
 from core.reconstruct import DEFAULT_MODELS, pick_device, predict_volume, surface_level
 from core.surface import extract_surface
-from train.dataset import pool_volume, pooling_factor, read_manifest, training_mask
+from train.dataset import (DEPTH_ANCHORS, depth_anchor_shift, model_depth_anchor, pooling_factor, read_manifest,
+                           target_volume, training_mask)
 from train.samples import read_sample
 from train.metrics import best_depth_shift_iou, silhouette_iou, surface_distances_mm, volume_iou
 
@@ -58,10 +59,12 @@ def model_method(model_ref) -> str:
 
 
 def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, surface: bool = True,
-                   device: str = "auto") -> dict:
+                   device: str = "auto", depth_anchor: str | None = None) -> dict:
+    """Held-out figures of one model; targets aligned by `depth_anchor` (default: the model's own)."""
     torch_device = pick_device(device)
     loaded = load_model(model_ref, device=str(torch_device))
     cfg = loaded.config
+    anchor = depth_anchor or model_depth_anchor(loaded)
     rows = [r for d in data_dirs for r in read_manifest(d) if r.get("split") == split]
     if limit:
         rows = rows[:limit]
@@ -72,7 +75,7 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
     for row in tqdm(rows, desc=f"evaluate {loaded.name}", file=sys.stderr):
         sample = read_sample(row["path"])
         k = pooling_factor(sample["volume"].shape, cfg.volume_shape)  # a coarser model on finer data
-        target = pool_volume(sample["volume"], k)
+        target = target_volume(sample["volume"], cfg.volume_shape, anchor)
         x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), cfg.inputs)
         prob = predict_volume(loaded, x, torch_device)
         pred = prob > 0.5
@@ -85,12 +88,13 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
             metres = 1.0 / float(sample["meta"]["px_per_metre"])  # per voxel of the data
             pred_mesh = extract_surface(prob, level=surface_level(loaded), smooth_iterations=10)
             gt_mesh = ground_truth_mesh(sample)
+            gt_mesh.apply_translation([0.0, 0.0, depth_anchor_shift(sample["volume"], anchor)])
             pred_mesh.apply_scale(metres * k)
             gt_mesh.apply_scale(metres)
             entry.update(surface_distances_mm(pred_mesh, gt_mesh, samples=5000))
         per_sample.append(entry)
     summary = {"model": loaded.name, "variant": cfg.variant, "samples": len(per_sample), "split": split,
-               "level": surface_level(loaded)}
+               "level": surface_level(loaded), "depth_anchor": anchor}
     for key in ("iou", "iou_at_model_level", "iou_best_depth_shift", "silhouette_iou", "chamfer_mm", "p2s_mm"):
         values = [e[key] for e in per_sample if key in e]
         if values:
@@ -132,13 +136,14 @@ def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384
 
 
 def results_table(summaries: list[dict]) -> str:
-    lines = ["| model | variant | samples | IoU mean (0.5) | IoU median (0.5) | IoU mean (model level) | "
+    lines = ["| model | variant | depth anchor | samples | IoU mean (0.5) | IoU median (0.5) | IoU mean (model level) | "
              "IoU, best depth shift | silhouette IoU | Chamfer mm | P2S mm |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
         def cell(key, fmt="{:.3f}"):
             return fmt.format(s[key]) if key in s else "n/a"
-        lines.append(f"| {s['model']} | {s['variant']} | {s['samples']} | {cell('iou_mean')} | "
+        lines.append(f"| {s['model']} | {s['variant']} | {s.get('depth_anchor', 'vertex-mean')} | {s['samples']} | "
+                     f"{cell('iou_mean')} | "
                      f"{cell('iou_median')} | {cell('iou_at_model_level_mean')} ({s['level']:g}) | "
                      f"{cell('iou_best_depth_shift_mean')} | {cell('silhouette_iou_mean')} | "
                      f"{cell('chamfer_mm_mean', '{:.1f}')} | {cell('p2s_mm_mean', '{:.1f}')} |")
@@ -213,6 +218,8 @@ def evaluation_parser(prog: str, doc: str, method: str) -> argparse.ArgumentPars
 def main(argv=None) -> int:
     parser = evaluation_parser("python -m train.evaluate", __doc__, "vrn")
     parser.add_argument("--no-surface", action="store_true", help="skip the (slower) surface metrics")
+    parser.add_argument("--depth-anchor", choices=DEPTH_ANCHORS, default=None,
+                        help="align the targets by this anchor (default: each model's own, see train/dataset.py)")
     parser.add_argument("--photos", type=int, default=0,
                         help="also reconstruct this many photo-like renders end to end (silhouette agreement)")
     args = parser.parse_args(argv)
@@ -224,8 +231,8 @@ def main(argv=None) -> int:
                     "--device", args.device] + (["--write", args.write] if args.write else []) \
                 + (["--json", args.json] if args.json else [])
             return evaluate_mesh(keep)
-        summaries = [evaluate_model(m, args.data, args.split, args.limit, not args.no_surface, args.device)
-                     for m in args.model]
+        summaries = [evaluate_model(m, args.data, args.split, args.limit, not args.no_surface, args.device,
+                                    args.depth_anchor) for m in args.model]
     except MonohumanError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from core.checkpoint import save_model
 from core.errors import DataError, MonohumanError
 from core.networks.vrn import build_vrn, config_for, vrn_loss
-from train.dataset import Augment, VolumeDataset
+from train.dataset import DEPTH_ANCHORS, Augment, VolumeDataset
 from train.metrics import volume_iou
 
 
@@ -58,6 +58,7 @@ class TrainConfig:
     optimizer: str = "rmsprop"  # rmsprop (paper) | adam
     refine: int = 0  # width of the full-resolution refinement stage (core/networks/vrn.py); 0 = none (paper)
     iou_weight: float = 0.0  # weight of the soft-IoU term added to the paper's BCE; 0 = BCE only (paper)
+    depth_anchor: str = "vertex-mean"  # how targets are aligned in depth: vertex-mean (paper) | centroid
     val_samples: int = 64  # training-split bodies held back for the validation IoU
     detected_landmarks: float = 0.5  # fraction of samples fed mediapipe's landmarks instead of projected ones
     workers: int = 2  # data loader processes
@@ -239,10 +240,13 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
         overrides["refine"] = cfg.refine
     net_cfg = config_for(cfg.variant, **overrides)
 
+    if cfg.depth_anchor not in DEPTH_ANCHORS:
+        raise DataError(f"Unknown --depth-anchor {cfg.depth_anchor!r}.", f"Use one of {list(DEPTH_ANCHORS)}.")
     aug = Augment()
-    train_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, aug, cfg.detected_landmarks, cfg.seed)
+    train_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, aug, cfg.detected_landmarks, cfg.seed,
+                              cfg.depth_anchor)
     val_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, seed=cfg.seed,
-                            detected_landmarks=1.0)
+                            detected_landmarks=1.0, depth_anchor=cfg.depth_anchor)
     train_idx, val_idx = split_train_val(train_set, cfg.val_samples, cfg.seed)
     train_part = torch.utils.data.Subset(train_set, train_idx)
     val_part = torch.utils.data.Subset(val_set, val_idx[rank::world])
