@@ -203,3 +203,27 @@ def test_depth_anchor_centres_the_occupied_volume():
     assert depth_anchor_shift(np.zeros_like(v), "centroid") == 0
     with pytest.raises(Exception, match="depth anchor"):
         depth_anchor_shift(v, "middle")
+
+
+def test_sigterm_to_the_whole_process_group_saves_state(tiny_dataset, tmp_path):
+    """A scheduler's SIGTERM reaches the data-loader workers too; the run still saves its state and resumes."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train.fit", "--data", str(tiny_dataset), "--out", str(run), "--features", "8",
+           "--stacks", "1", "--norm", "group", "--epochs", "1000", "--batch-size", "2", "--val-samples", "1",
+           "--workers", "1", "--threads", "1", "--optimizer", "adam"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "log.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    os.killpg(proc.pid, signal.SIGTERM)  # the main process and its loader worker alike
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out[-2000:]
+    meta = json.loads((run / "model.json").read_text())
+    done = meta["metrics"]["history"][-1]["epoch"]
+    assert done >= 1 and done < 1000
+    assert fit(["--out", str(run), "--resume", "--max-steps", "1"]) == 0

@@ -181,6 +181,12 @@ def data_shapes(cfg: TrainConfig, probe: VolumeDataset) -> tuple[tuple, tuple]:
     return volume, input_size
 
 
+def ignore_sigterm(_worker_id: int) -> None:
+    """Data-loader workers leave SIGTERM to the main process: a scheduler (or `kill -- -PGID`) signals the
+    whole process group, and a worker that died of it would crash the run before it saved its state."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def learning_rate(cfg, epoch: int) -> float:
     """lr until lr_drop of the epochs, then lr_late; lr_late <= 0 keeps lr throughout."""
     return cfg.lr if cfg.lr_late <= 0 or epoch < math.ceil(cfg.lr_drop * cfg.epochs) else cfg.lr_late
@@ -269,7 +275,8 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
 
     sampler = torch.utils.data.distributed.DistributedSampler(
         train_part, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader_kw = dict(num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda")
+    loader_kw = dict(num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda",
+                     worker_init_fn=ignore_sigterm)
     val_loader = torch.utils.data.DataLoader(val_part, batch_size=cfg.batch_size, **loader_kw)
 
     stop = {"now": False}

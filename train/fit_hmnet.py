@@ -45,7 +45,7 @@ from core.networks.hmnet import build_hmnet, config_for, hmnet_loss, to_unit
 from core.parts import PART_MIRROR, parts_from_landmarks
 from core.template import load_template
 from train.dataset import Augment, augment_sample, read_manifest, training_mask
-from train.fit import learning_rate, load_state, resolve_run, save_state, split_train_val, write_log
+from train.fit import ignore_sigterm, learning_rate, load_state, resolve_run, save_state, split_train_val, write_log
 from train.samples import read_sample
 
 
@@ -226,7 +226,7 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
     else:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    loader_kw = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    loader_kw = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_sigterm)
     val_loader = torch.utils.data.DataLoader(val_part, batch_size=cfg.batch_size, **loader_kw)
     per_epoch = len(train_part) // cfg.batch_size
     if per_epoch == 0:
