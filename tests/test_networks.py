@@ -172,7 +172,7 @@ def test_refinement_starts_as_identity_and_learns_at_full_resolution():
     for net in (a, b):
         net.train()
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-        for _ in range(60):
+        for _ in range(30):
             opt.zero_grad()
             vrn_loss(net(x), target).backward()
             opt.step()
