@@ -1,8 +1,9 @@
 """Quality of the shipped weights, measured on bodies rendered at test time with seeds never used in training.
 
 The floor asserted here is the figure recorded in docs/RESULTS.md minus a margin for the small sample; it
-guards against a broken or swapped model file. It is below the 0.70 bar that issue 4 asks for: see
-docs/RESULTS.md for the honest figures.
+guards against a broken, swapped or regressed model file (the previous shipped model scores 0.471 on these
+four bodies and fails it). It is below the 0.70 bar that issue 4 asks for: see docs/RESULTS.md for the
+honest figures.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from train.make_dataset import main as make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / f"{DEFAULT_MODELS['vrn']}.json"
-HELDOUT_IOU_FLOOR = 0.30  # held-out mean 0.478 (150 bodies); 0.30 is the 0.1st percentile of 4-body means
+# held-out mean 0.539 (200 bodies, per-body std 0.080). The four bodies below are fixed (seed 777, rendered
+# deterministically): the shipped model scores 0.544 on them, the previous model 0.471; 0.50 leaves 0.044
+# for numerical differences between machines and still fails the previous model.
+HELDOUT_IOU_FLOOR = 0.50
 TRAINING_SEED = 101  # the seed of the shipped model's training set (its card in docs/RESULTS.md)
 
 
 def test_shipped_model_loads_and_is_small():
     loaded = load_model(DEFAULT_MODELS["vrn"])
-    assert loaded.config.variant == "multistack"
+    assert loaded.config.variant == "multistack" and loaded.config.refine > 0
     assert (REPO / "models" / f"{DEFAULT_MODELS['vrn']}.safetensors").stat().st_size < 50 * 2**20
     meta = json.loads(SHIPPED.read_text())
     assert meta["training"]["command"].startswith("python -m train.fit")

@@ -146,6 +146,7 @@ def test_iou_bounds_hand_computed():
     assert b["shifted_one_voxel"] == pytest.approx(3 / 5)
     assert b["one_voxel_thicker"] == pytest.approx(4 / 6)
     assert b["thickness_voxels"] == pytest.approx(4.0)
+    assert b["centroid_offset"] == pytest.approx(0.0)  # voxel centres 3.5 .. 6.5 around D/2 = 5
     v[4, 2, 2] = False  # a hole inside a column: the slab fills it back
     assert depth_bounds(v)["slab_fill"] == pytest.approx(v.sum() / (v.sum() + 1))
 

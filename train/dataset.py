@@ -74,7 +74,7 @@ def depth_anchor_shift(volume: np.ndarray, anchor: str) -> int:
     "vertex-mean" (the paper's "aligned by the mean of the Z component"; how samples are stored): the mean
     depth of the mesh's vertices sits at D/2; no move. Anny's vertices are dense on the face, hands and
     feet, so where that mean falls inside the body depends on the pose: the stored bodies' own centroids sit
-    2.6 voxels (std, 64^3) from D/2, an offset a network must guess from the photo. "centroid": the occupied
+    2.7 voxels (std, 64^3) from D/2, an offset a network must guess from the photo. "centroid": the occupied
     voxels' mean depth sits at D/2 (to within half a voxel of the stored grid), a function of the shape alone.
     """
     if anchor == "vertex-mean":

@@ -10,6 +10,9 @@ true volume and scores it against itself with the paper's IoU:
   representation could reach; the loss is self-occlusion, e.g. an arm in front of the chest);
 - shifted one voxel: the whole body one voxel deeper (a global depth error of one voxel);
 - one voxel thicker: each pixel's slab grown by a voxel at the front and at the back.
+
+It also gives where the occupied voxels' mean depth falls relative to D/2 in the stored frame (mean and
+standard deviation over bodies): the spread a network must guess with `--depth-anchor vertex-mean`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def depth_bounds(volume: np.ndarray) -> dict[str, float]:
     return {"slab_fill": float(volume_iou((d >= first) & (d <= last), v)),
             "shifted_one_voxel": float(volume_iou(shifted, v)),
             "one_voxel_thicker": float(volume_iou((d >= first - 1) & (d <= last + 1) & seen, v)),
+            "centroid_offset": float((np.nonzero(v)[0] + 0.5).mean() - depth / 2) if v.any() else 0.0,
             "occupancy": float(v.mean()),
             "thickness_voxels": float((last - first + 1)[seen].mean()) if seen.any() else 0.0}
 
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
         print(f"error: no {args.split!r} samples in {args.data}", file=sys.stderr)
         return 1
     summary = {"samples": len(figures), "volume": list(volume.shape),
-               **{k: round(float(np.mean([f[k] for f in figures])), 4) for k in figures[0]}}
+               **{k: round(float(np.mean([f[k] for f in figures])), 4) for k in figures[0]},
+               "centroid_offset_std": round(float(np.std([f["centroid_offset"] for f in figures])), 4)}
     print(json.dumps(summary, indent=1))
     return 0
 
