@@ -81,10 +81,9 @@ def depth_anchor_shift(volume: np.ndarray, anchor: str) -> int:
         return 0
     if anchor != "centroid":
         raise DataError(f"Unknown depth anchor {anchor!r}.", f"Use one of {list(DEPTH_ANCHORS)}.")
-    occupied = volume.any(axis=(1, 2))
-    if not occupied.any():
-        return 0
     per_slice = volume.sum(axis=(1, 2), dtype=np.int64)
+    if not per_slice.any():
+        return 0
     centroid = float((per_slice * (np.arange(volume.shape[0]) + 0.5)).sum() / per_slice.sum())
     return int(round(volume.shape[0] / 2.0 - centroid))
 
