@@ -81,11 +81,15 @@ def depth_anchor_shift(volume: np.ndarray, anchor: str) -> int:
         return 0
     if anchor != "centroid":
         raise DataError(f"Unknown depth anchor {anchor!r}.", f"Use one of {list(DEPTH_ANCHORS)}.")
+    return int(round(-depth_centroid_offset(volume)))
+
+
+def depth_centroid_offset(volume: np.ndarray) -> float:
+    """Mean depth of the occupied voxels (centres at d + .5) minus D/2, in voxels; 0 for an empty volume."""
     per_slice = volume.sum(axis=(1, 2), dtype=np.int64)
     if not per_slice.any():
-        return 0
-    centroid = float((per_slice * (np.arange(volume.shape[0]) + 0.5)).sum() / per_slice.sum())
-    return int(round(volume.shape[0] / 2.0 - centroid))
+        return 0.0
+    return float((per_slice * (np.arange(volume.shape[0]) + 0.5)).sum() / per_slice.sum()) - volume.shape[0] / 2.0
 
 
 def shift_depth(volume: np.ndarray, shift: int) -> np.ndarray:

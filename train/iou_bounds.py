@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from train.dataset import pool_volume, pooling_factor, read_manifest
+from train.dataset import depth_centroid_offset, pool_volume, pooling_factor, read_manifest, shift_depth
 from train.metrics import volume_iou
 from train.samples import read_sample
 
@@ -36,12 +36,10 @@ def depth_bounds(volume: np.ndarray) -> dict[str, float]:
     d = np.arange(depth)[:, None, None]
     first = np.where(seen, v.argmax(axis=0), 0)
     last = np.where(seen, depth - 1 - v[::-1].argmax(axis=0), -1)
-    shifted = np.zeros_like(v)
-    shifted[1:] = v[:-1]
     return {"slab_fill": float(volume_iou((d >= first) & (d <= last), v)),
-            "shifted_one_voxel": float(volume_iou(shifted, v)),
+            "shifted_one_voxel": float(volume_iou(shift_depth(v, 1), v)),
             "one_voxel_thicker": float(volume_iou((d >= first - 1) & (d <= last + 1) & seen, v)),
-            "centroid_offset": float((np.nonzero(v)[0] + 0.5).mean() - depth / 2) if v.any() else 0.0,
+            "centroid_offset": depth_centroid_offset(v),
             "occupancy": float(v.mean()),
             "thickness_voxels": float((last - first + 1)[seen].mean()) if seen.any() else 0.0}
 

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import trimesh
 
+from train.dataset import shift_depth
+
 
 def volume_iou(pred, target) -> np.ndarray:
     """IoU as the VRN paper defines it: intersecting set voxels over voxels set in either volume.
@@ -35,12 +37,7 @@ def best_depth_shift_iou(pred, target, max_shift: int = 2) -> tuple[float, int]:
     pred, target = np.asarray(pred, bool), np.asarray(target, bool)
     best = (-1.0, 0)
     for shift in range(-max_shift, max_shift + 1):
-        moved = np.zeros_like(pred)
-        if shift >= 0:
-            moved[shift:] = pred[:pred.shape[0] - shift]
-        else:
-            moved[:shift] = pred[-shift:]
-        iou = float(volume_iou(moved, target))
+        iou = float(volume_iou(shift_depth(pred, shift), target))
         if iou > best[0]:
             best = (iou, shift)
     return best
