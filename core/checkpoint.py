@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -85,6 +84,8 @@ def resolve_model(name_or_path, search_dirs=None) -> tuple[Path, Path]:
     """(json_path, weights_path) for a bare model name (searched in the models dirs) or a path."""
     text = str(name_or_path)
     p = Path(text).expanduser()
+    if p.is_dir():
+        raise ModelError(f"Model {p} is a folder.", "Give the model's NAME.json (or its bare name).")
     is_path = (isinstance(name_or_path, Path) or os.sep in text or p.suffix in (".json", ".safetensors")
                or (os.altsep and os.altsep in text))
     if is_path:
@@ -113,9 +114,9 @@ def _config_dict(config) -> dict:
 
 
 def _tmp_path(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
+    from core.files import temp_beside
+
+    return temp_beside(path)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -183,6 +184,9 @@ RESAVE = "Re-export the model with core.checkpoint.save_model (or copy both file
 
 def _read_doc(js: Path, wt: Path) -> dict:
     """Checks that need no weights: both files, JSON, format, method, config. Returns the document."""
+    for f in (js, wt):
+        if f.is_dir():
+            raise ModelError(f"Model file {f} is a folder.", f"Point at the model's .json. {RESAVE}")
     if not js.exists():
         raise ModelError(f"Model config {js} is missing" + (f" (weights {wt.name} are there)." if wt.exists() else "."),
                          f"A model is NAME.json + NAME.safetensors side by side. {RESAVE}")
@@ -213,7 +217,33 @@ def _read_doc(js: Path, wt: Path) -> dict:
                          "or update Monohuman.")
     if not isinstance(doc.get("weights_sha256"), str):
         raise ModelError(f"{js} has no weights_sha256, so {wt.name} cannot be checked.", RESAVE)
+    _check_inference(js, doc.get("inference", {}))
     return doc
+
+
+def _check_inference(js: Path, inference) -> None:
+    """The optional "inference" block (train.calibrate writes it): an object whose iso_level is in (0, 1)."""
+    level = inference.get("iso_level", 0.5) if isinstance(inference, dict) else None
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        got = f"inference.iso_level {level!r}" if isinstance(inference, dict) else f"inference {inference!r}"
+        raise ModelError(f"{js} has a bad {got}: it must be an object whose iso_level is a number in (0, 1).",
+                         "Fix the 'inference' field or recalibrate with python -m train.calibrate.")
+
+
+def _check_weights_size(wt: Path) -> None:
+    """Truncation found without reading the weights: a safetensors file is an 8-byte header length, the JSON
+    header, then the tensors up to the largest end offset the header names; the file must be that long."""
+    try:
+        with open(wt, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n < 100_000_000 else None
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        expected = 8 + n + end
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        raise ModelError(f"Weights {wt} have an unreadable safetensors header.", RESAVE) from None
+    if wt.stat().st_size != expected:
+        raise ModelError(f"Weights {wt} are truncated or altered ({wt.stat().st_size} bytes, the header "
+                         f"says {expected}).", f"Copy {wt.name} again from the source. {RESAVE}")
 
 
 def _few(keys, n: int = 5) -> str:
@@ -259,6 +289,10 @@ def load_model(name_or_path, device: str | torch.device = "cpu", search_dirs=Non
         raise ModelError(f"Weights {wt} do not match the config in {js.name}: {'; '.join(parts)}.",
                          "The .json and .safetensors come from different models; save them together again "
                          "with core.checkpoint.save_model.")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ModelError(f"Weights {wt} hold NaN or infinite values in {len(broken)} tensor(s): {_few(broken)}.",
+                         "The training diverged or the file was damaged; use an earlier or re-trained model.")
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     network.load_state_dict(state, strict=True)
     network.to(device).eval()
@@ -271,7 +305,7 @@ def list_models(search_dirs=None, verify: bool = False) -> list[dict]:
     metrics, ok, problem, shadowed (an earlier dir has the same name).
 
     Broken ones are listed with ok=False and the problem (a ModelError message), not skipped silently. The
-    cheap checks run always; verify=True also checks the sha256 (reads every weights file).
+    cheap checks (truncation by the file size the safetensors header promises among them) run always; verify=True also checks the sha256 (reads every weights file).
     """
     dirs = [Path(d) for d in search_dirs] if search_dirs is not None else default_search_dirs()
     out, seen = [], set()
@@ -290,6 +324,7 @@ def list_models(search_dirs=None, verify: bool = False) -> list[dict]:
                 config = doc.pop("_config")
                 entry.update(method=doc["method"],
                              variant=getattr(config, "variant", None), metrics=doc.get("metrics") or {})
+                _check_weights_size(wt)
                 if verify and sha256_file(wt) != doc["weights_sha256"]:
                     raise ModelError(f"Weights {wt} are truncated or altered (sha256 mismatch).", RESAVE)
             except ModelError as e:

@@ -1,7 +1,7 @@
 """Command line: `python -m core reconstruct PHOTO -o body.glb` and `python -m core info`.
 
 Progress goes to stderr, results to stdout; failures print one line naming the problem and the fix and exit
-with the error's code (2 input, 3 no person, 4 model, 130 cancelled).
+with the error's code (2 input or argument, 3 no person, 4 model, 6 output, 130 cancelled; README).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from core.errors import MonohumanError
+from core.errors import ArgumentError, run_command
+from core.validate import Parser
 
 SUFFIXES = (".glb", ".obj", ".ply")
 
@@ -41,14 +42,34 @@ def _progress_bar():
     return report
 
 
-def cmd_reconstruct(args) -> int:
-    from core.export import save_mesh
-    from core.reconstruct import default_output_path, reconstruct
+def _outputs(args, default_output_path) -> tuple[Path, Path | None]:
+    """The mesh and preview paths, checked before any work: known suffixes, writable folders, not the photo."""
+    from core.image_io import IMAGE_SUFFIXES
+    from core.validate import outputs_apart, reconstruct_options, writable_folder
 
+    reconstruct_options(args.height, args.smoothing, args.faces)
     out = Path(args.output) if args.output else default_output_path(args.photo)
     if out.suffix.lower() not in SUFFIXES:
-        raise MonohumanError(f"Cannot write {out.name}: unknown mesh format.",
-                             f"Use one of {', '.join(SUFFIXES)}.")
+        raise ArgumentError(f"Cannot write {out.name}: unknown mesh format.", f"Use one of {', '.join(SUFFIXES)}.")
+    preview = None
+    if args.preview:
+        preview = Path(args.preview) if args.preview != "auto" else default_output_path(args.photo, "_preview.png")
+        if preview.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ArgumentError(f"Cannot write the preview {preview.name}: unknown image format.",
+                                f"Use one of {', '.join(IMAGE_SUFFIXES)}.")
+    outs = [out] + ([preview] if preview else [])
+    outputs_apart(outs, [args.photo])
+    for path in outs:
+        writable_folder(path.parent)
+    return out, preview
+
+
+def cmd_reconstruct(args) -> int:
+    from core.export import mesh_files, write_files
+    from core.reconstruct import default_output_path, reconstruct
+    from core.validate import outputs_apart
+
+    out, preview = _outputs(args, default_output_path)
     result = reconstruct(args.photo, model=args.model, method=args.method, device=args.device,
                          subject_height=args.height, smoothing=args.smoothing, face_budget=args.faces,
                          rig=args.rig, rig_model=args.rig_model, progress=None if args.quiet else _progress_bar())
@@ -56,16 +77,18 @@ def cmd_reconstruct(args) -> int:
         result.warnings.append(f"{out.suffix} files cannot carry the rig; write a .glb to keep it.")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_mesh(result.mesh, out, skin=result.rig)
+    files = mesh_files(result.mesh, out, skin=result.rig)
     written = {"mesh": str(out)}
-    if args.preview:
-        from core.preview import write_preview
+    if preview is not None:
+        from core.image_io import image_bytes
+        from core.preview import render_preview
 
-        preview = Path(args.preview) if args.preview != "auto" else default_output_path(args.photo, "_preview.png")
-        write_preview(preview, result.image, mesh_metric=result.mesh, landmarks16=result.landmarks16,
-                      mask=result.mask, crop_box=result.crop_box, volume=result.volume)
+        picture = render_preview(result.image, mesh_metric=result.mesh, landmarks16=result.landmarks16,
+                                 mask=result.mask, crop_box=result.crop_box, volume=result.volume)
+        files[preview] = image_bytes(picture, preview.suffix)
         written["preview"] = str(preview)
+    outputs_apart(files, [args.photo])
+    write_files(files)  # the mesh, its side files and the preview: all or nothing
     extent = result.mesh.bounds[1] - result.mesh.bounds[0]
     summary = {**written, "model": result.model_name, "vertices": len(result.mesh.vertices),
                "faces": len(result.mesh.faces), "height_m": round(float(extent[2]), 4),
@@ -114,7 +137,7 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruct", help="reconstruct the person in a photo as a mesh file")
@@ -144,11 +167,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except MonohumanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args))  # one line and the exit code for every expected failure

@@ -44,3 +44,51 @@ class Cancelled(MonohumanError):
     """The user cancelled a running job; nothing was produced."""
 
     exit_code = 130
+
+
+class ArgumentError(InputError, ValueError):
+    """An argument (command-line option, API parameter, backend request field) has the wrong type or is out
+    of range. Also a ValueError, so callers that caught the bare one keep working."""
+
+    exit_code = 2
+
+
+class OutputError(MonohumanError):
+    """An output cannot be written (folder missing or read-only, disk full) or would replace an input."""
+
+    exit_code = 6
+
+
+class Terminated(MonohumanError):
+    """A SIGTERM (a scheduler, `kill`) stopped the run after it saved what it had."""
+
+    exit_code = 143
+
+
+def os_error(err: OSError, action: str = "write") -> OutputError:
+    """An OSError (permission, full disk, a folder where a file should be) as a one-line OutputError."""
+    where = f" {err.filename}" if err.filename else ""
+    return OutputError(f"Cannot {action}{where}: {err.strerror or err}.",
+                       "Check that the folder exists, is writable and has free space.")
+
+
+def run_command(body, debug: bool | None = None) -> int:
+    """Run a command's body (returns its exit code) so that every expected failure is one line on stderr
+    (`error: problem fix`) and its exit code; the traceback only with MONOHUMAN_DEBUG=1."""
+    import os
+    import sys
+    import traceback
+
+    debug = os.environ.get("MONOHUMAN_DEBUG", "") not in ("", "0") if debug is None else debug
+    try:
+        return body()
+    except KeyboardInterrupt:
+        err = Cancelled("Interrupted.", "")
+    except MonohumanError as e:
+        err = e
+    except OSError as e:
+        err = os_error(e, "read or write")
+    if debug:
+        traceback.print_exc()
+    print(f"error: {err}", file=sys.stderr)
+    return err.exit_code

@@ -1,10 +1,12 @@
 """Mesh -> OBJ / PLY / GLB file (format chosen by the path's suffix).
 
 * Every file is written atomically: into a temporary file beside the target, then ``os.replace``; a
-  crash never leaves a half-written mesh under the final name.
+  crash never leaves a half-written mesh under the final name. Several files (an OBJ and its side files,
+  a mesh and its preview) are written all or nothing (:func:`write_files`); modes follow the umask.
 * Vertex normals are written in all three formats.
 * A mesh with UVs and a texture image (``trimesh.visual.TextureVisuals`` whose material holds a PIL
-  image) keeps them: OBJ writes ``NAME.mtl`` and ``NAME.png`` beside ``NAME.obj``; GLB embeds the image.
+  image) keeps them: OBJ writes ``NAME.obj.mtl`` and ``NAME.obj.png`` beside ``NAME.obj`` (named from the
+  whole output name, :func:`side_name`, so they never replace a photo ``NAME.png``); GLB embeds the image.
   PLY carries geometry, normals and vertex colours only.
 * Axes: OBJ and PLY are written as given (our metric frame: Z up, the person facing -Y; Blender's OBJ/PLY
   importers are told "Z up, -Y forward", or re-orient on import as their defaults do). glTF is Y up by
@@ -27,16 +29,14 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
 from core.errors import MonohumanError
+from core.files import write_atomic, write_files  # noqa: F401 - write_atomic: core.preview uses it from here
 
 SUFFIXES = (".obj", ".ply", ".glb")
 
@@ -50,24 +50,13 @@ ZUP_TO_YUP = np.array(
 YUP_TO_ZUP = ZUP_TO_YUP.T.copy()
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that it is either complete or absent (temporary file + rename), never half-written."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def side_name(path: Path) -> str:
+    """The base name of an OBJ's side files (``.mtl``, ``.png``): the whole output name, so ``body.obj``'s
+    texture is ``body.obj.png`` and never the photo ``body.png``. Letters and digits of any script are kept;
+    every other character but ``.-_`` becomes ``%XX`` (its UTF-8 bytes, ``%`` itself included), which keeps
+    distinct names distinct and the OBJ/MTL lines free of spaces."""
+    return "".join(c if c.isalnum() or c in "._-" else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
+                   for c in Path(path).name)
 
 
 def _has_texture(mesh: trimesh.Trimesh) -> bool:
@@ -90,12 +79,12 @@ def _texture_image(mesh: trimesh.Trimesh):
 
 
 def _obj_bytes(mesh: trimesh.Trimesh, stem: str) -> tuple[str, dict[str, bytes]]:
-    """OBJ text plus side files {name: bytes} (MTL + PNG) named after ``stem``."""
+    """OBJ text plus side files {name: bytes} (MTL + PNG) named ``stem.mtl``, ``stem.png`` (see side_name)."""
     mesh = mesh.copy()
     _ = mesh.vertex_normals
     if _has_texture(mesh):
         img = _texture_image(mesh)
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "material"
+        name = stem
         mat = trimesh.visual.material.SimpleMaterial(
             image=img.copy() if img is not None else None,  # .copy(): no source format -> PNG
             name=name,
@@ -110,13 +99,24 @@ def _obj_bytes(mesh: trimesh.Trimesh, stem: str) -> tuple[str, dict[str, bytes]]
     return text, {}
 
 
-def save_mesh(mesh: trimesh.Trimesh, path, *, skin=None) -> Path:
+def save_mesh(mesh: trimesh.Trimesh, path, *, skin=None, inputs=()) -> Path:
     """Write ``mesh`` to ``path`` (.obj, .ply or .glb, by suffix); returns the path written.
 
     OBJ/PLY keep the mesh's axes; GLB is rotated Z-up -> Y-up (see the module doc).  ``skin``: a
     :class:`core.rig.Rig` for ``mesh`` (same vertices, same frame), written as a glTF skin in a GLB; OBJ and
-    PLY cannot carry one and ignore it (the caller warns).
+    PLY cannot carry one and ignore it (the caller warns). ``inputs``: files (the photo) that no output,
+    side files included, may replace: an OutputError instead. All files are written or none.
     """
+    from core.validate import outputs_apart
+
+    files = mesh_files(mesh, path, skin=skin)
+    outputs_apart(files, inputs)
+    write_files(files)
+    return Path(path)
+
+
+def mesh_files(mesh: trimesh.Trimesh, path, *, skin=None) -> dict[Path, bytes]:
+    """The bytes of every file ``save_mesh`` writes for ``path``: {path: bytes}, OBJ side files included."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -135,26 +135,18 @@ def save_mesh(mesh: trimesh.Trimesh, path, *, skin=None) -> Path:
         _check_skin(skin, len(mesh.vertices))
 
     if suffix == ".obj":
-        text, files = _obj_bytes(mesh, path.stem)
-        for name, data in files.items():  # side files first: the OBJ only appears once they exist
-            write_atomic(path.parent / name, data)
-        write_atomic(path, text)
-    elif suffix == ".ply":
-        m = mesh.copy()
+        text, files = _obj_bytes(mesh, side_name(path))
+        return {**{path.parent / name: data for name, data in files.items()}, path: text.encode("utf-8")}
+    m = mesh.copy()
+    if suffix == ".ply":
         _ = m.vertex_normals
-        data = trimesh.exchange.ply.export_ply(m, encoding="binary", vertex_normal=True)
-        write_atomic(path, data)
-    else:  # .glb
-        m = mesh.copy()
-        m.apply_transform(ZUP_TO_YUP)
-        _ = m.vertex_normals
-        scene = trimesh.Scene()
-        scene.add_geometry(m, node_name="monohuman_body", geom_name="monohuman_body")
-        data = trimesh.exchange.gltf.export_glb(scene, include_normals=True)
-        if skin is not None:
-            data = _add_skin(data, skin)
-        write_atomic(path, data)
-    return path
+        return {path: trimesh.exchange.ply.export_ply(m, encoding="binary", vertex_normal=True)}
+    m.apply_transform(ZUP_TO_YUP)  # .glb
+    _ = m.vertex_normals
+    scene = trimesh.Scene()
+    scene.add_geometry(m, node_name="monohuman_body", geom_name="monohuman_body")
+    data = trimesh.exchange.gltf.export_glb(scene, include_normals=True)
+    return {path: _add_skin(data, skin) if skin is not None else data}
 
 
 # glTF constants

@@ -228,9 +228,9 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     method "vrn" (detailed surface) or "hmnet" (Anny's body, always rigged). `rig=True` rigs a VRN surface
     with the HMNet model `rig_model`; when the default one is missing the surface comes unrigged, with a
     warning (a named one that is missing is an error)."""
-    if not 0.3 <= subject_height <= 3.0:
-        raise MonohumanError(f"Subject height {subject_height} m is not a human height.",
-                             "Give the height in metres, e.g. 1.70.")
+    from core.validate import reconstruct_options
+
+    reconstruct_options(subject_height, smoothing, face_budget)  # ArgumentError naming the bad one
     stage = _Stages(progress, cancel)
 
     stage("load")

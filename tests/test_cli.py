@@ -111,7 +111,7 @@ def test_model_corrupt(person_photo, tiny_model, tmp_path):
 
 def test_unknown_output_format(person_photo, tmp_path):
     proc = run_cli("reconstruct", person_photo, "-o", tmp_path / "x.stl")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a bad argument (README: exit codes)
     assert ".glb" in proc.stderr
 
 

@@ -74,8 +74,8 @@ def test_normals_are_written(tmp_path, body):
 def test_texture_obj_and_glb(tmp_path, body):
     tex = _textured(body)
     save_mesh(tex, tmp_path / "person.obj")
-    assert (tmp_path / "person.mtl").exists() and (tmp_path / "person.png").exists()
-    assert "mtllib person.mtl" in (tmp_path / "person.obj").read_text()
+    assert (tmp_path / "person.obj.mtl").exists() and (tmp_path / "person.obj.png").exists()
+    assert "mtllib person.obj.mtl" in (tmp_path / "person.obj").read_text()
     back = trimesh.load(tmp_path / "person.obj", force="mesh", process=False)
     assert len(back.vertices) == len(body.vertices)
     np.testing.assert_allclose(back.visual.uv, tex.visual.uv, atol=1e-6)
