@@ -1,8 +1,8 @@
 """Monohuman for Blender: one photo of a person in, a 3D body mesh out.
 
 3D Viewport > Sidebar > Monohuman. The reconstruction runs in the background (a worker thread when torch
-imports in Blender's Python, else a backend process started from the environment set in the add-on's
-preferences), so Blender stays responsive. See docs/ADDON.md.
+imports in Blender's Python, else a warm backend process started from the environment set in the add-on's
+preferences and kept for the session), so Blender stays responsive. See docs/ADDON.md.
 
 No torch and no `core` at import time: they are imported lazily by the job that needs them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import jobs, operators, panel, preferences, properties
+from . import jobs, operators, panel, preferences, properties, server
 
 # Legacy add-on metadata; as an extension, blender_manifest.toml is what counts.
 bl_info = {
@@ -42,6 +42,7 @@ def register():
 
 def unregister():
     jobs.shutdown()
+    server.shutdown()
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
     panel.unregister_previews()

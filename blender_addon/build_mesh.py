@@ -34,13 +34,11 @@ MIN_WEIGHT = 1e-3
 
 
 def load_result(path) -> dict:
-    """The backend's result file, read by the library's own reader (core.backend.load_result, numpy only)."""
+    """The backend's result file, read by the library's own reader (core.backend.load_result, numpy only,
+    loaded under this add-on's name: see paths.protocol)."""
     from . import paths
 
-    paths.ensure_core_importable()
-    from core.backend import load_result as read
-
-    return read(path)
+    return paths.protocol().load_result(path)
 
 
 def object_name_for(photo: str) -> str:

@@ -3,35 +3,35 @@
 A job runs `core.backend.run_request` either
 
 * **in-process**, in a worker thread (when `core` and torch import in Blender's Python), or
-* in a **backend process**, ``python -m core.backend`` started from the configured environment, with a
-  reader thread turning its JSON-lines progress into messages.
+* in the **warm backend process** (server.py): ``core.backend --serve`` started once from the configured
+  environment and kept running, with its reader thread turning the JSON-lines progress into messages.
 
 Either way the worker only puts messages on a queue; the main thread calls :meth:`Job.poll` (from the
-operator's modal timer, or in a loop in tests / `wait=True`) which drains the queue and updates
-``state``, ``stage``, ``fraction``. No bpy data is touched here. Both paths write the same result file
-(an .npz, see core/backend.py) that the main thread then turns into a Blender object.
+operator's modal timer, or in a loop when the operator waits: headless scripts, `wait=True`) which drains
+the queue and updates ``state``, ``stage``, ``fraction``. No bpy data is touched here. Both paths write the
+same result file (an .npz, see core/backend.py) that the main thread then turns into a Blender object,
+with the options the job carries (`Job.options`, captured when it started).
 
 Cancel: in-process sets a `threading.Event` that `core.reconstruct` checks between stages (the job shows
-CANCELLING until the worker has really stopped); the backend process is terminated (then killed if it
-does not exit within a few seconds).
+CANCELLING until the worker has really stopped); the backend is asked to cancel the request (the same
+event, in its process), and the process is killed when it has not answered within CANCEL_GRACE_S.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
-import subprocess
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from . import paths
+from . import paths, server
 
 RUNNING, CANCELLING, DONE, ERROR, CANCELLED = "RUNNING", "CANCELLING", "DONE", "ERROR", "CANCELLED"
 FINISHED_STATES = (DONE, ERROR, CANCELLED)
-KILL_AFTER_S = 3.0
+CANCEL_GRACE_S = 10.0  # the warm backend stops between stages; killing it loses the warm state
+CANCEL_WAIT_S = CANCEL_GRACE_S + 3.0  # how long a cancel can take at the most (the kill included)
 KEEP_RESULTS = 5
 
 _current: "Job | None" = None
@@ -50,8 +50,9 @@ class Job:
 
     mode = "?"
 
-    def __init__(self, request: dict):
+    def __init__(self, request: dict, options: dict | None = None):
         self.request = dict(request)
+        self.options = dict(options or {})  # how to build the result in Blender, fixed at start
         self.output = Path(request["output"])
         self.state = RUNNING
         self.stage = "starting"
@@ -152,17 +153,15 @@ class InProcessJob(Job):
 
     mode = "in-process"
 
-    def __init__(self, request: dict):
-        super().__init__(request)
+    def __init__(self, request: dict, options: dict | None = None):
+        super().__init__(request, options)
         self._event = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monohuman-reconstruct", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            paths.ensure_core_importable()
-            from core.backend import run_request  # lazy: torch is imported here, in the worker
-
+            run_request = paths.backend_module().run_request  # lazy: torch is imported here, in the worker
             path = run_request(self.request, progress=lambda s, f: self._put({"stage": s, "fraction": f}),
                                cancel=self._event)
             self._put({"done": str(path)})
@@ -188,88 +187,28 @@ class InProcessJob(Job):
 
 
 class BackendJob(Job):
-    """`python -m core.backend` in a separate process; JSON request on stdin, JSON lines on stdout."""
+    """A request served by the session's warm backend process (server.py)."""
 
     mode = "backend"
 
-    def __init__(self, request: dict, python: str, cwd: Path):
-        super().__init__(request)
-        self.python = python
-        self.log_path = self.output.with_name(self.output.stem + "_backend.log")
-        self._terminated_at: float | None = None
-        env = dict(os.environ)
-        env.pop("PYTHONHOME", None)
-        env["PYTHONPATH"] = str(cwd)
-        env["PYTHONUNBUFFERED"] = "1"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in _alive when the process ends
-        try:
-            self.process = subprocess.Popen(
-                [python, "-m", "core.backend"], cwd=str(cwd), env=env, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self._log, text=True, encoding="utf-8", bufsize=1)
-        except OSError as exc:
-            self._log.close()
-            raise JobError(f"Cannot start the backend Python {python!r}: {exc.strerror or exc}.",
-                           "Set Preferences > Add-ons > Monohuman > Backend Python to the python of the "
-                           "environment that has torch (see docs/ADDON.md).", kind="BackendError") from exc
-        self._reader = threading.Thread(target=self._read, name="monohuman-backend-reader", daemon=True)
-        self._reader.start()
-        try:
-            self.process.stdin.write(json.dumps(self.request) + "\n")
-            self.process.stdin.close()
-        except OSError:
-            pass  # it died at once; _check_exit reports it with the log
+    def __init__(self, request: dict, backend: server.BackendServer, options: dict | None = None):
+        super().__init__(request, options)
+        self.server = backend
+        self._cancel_at: float | None = None
+        self.id = backend.submit("reconstruct", self.request, self._put)
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue  # not ours (the backend sends everything else to stderr; be tolerant anyway)
-            if isinstance(msg, dict):
-                self._put(msg)
-        self.process.stdout.close()
+    @property
+    def log_path(self) -> Path:
+        return self.server.log_path
 
     def _cancel(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self._terminated_at = time.monotonic()
+        self.server.cancel(self.id)
+        self._cancel_at = time.monotonic()
 
     def _alive(self) -> bool:
-        if self.process.poll() is None:
-            if self._terminated_at is not None and time.monotonic() - self._terminated_at > KILL_AFTER_S:
-                self.process.kill()
-            return True
-        if self._reader.is_alive():
-            self._reader.join(timeout=0.5)
-            if self._reader.is_alive():
-                return True
-        if not self._log.closed:
-            self._log.close()
-        return False
-
-    def _check_exit(self) -> dict | None:
-        if self._cancel_requested:
-            return {"cancelled": True} if not self._alive() else None
-        rc = self.process.poll()
-        if rc is None or self._reader.is_alive():
-            return None
-        # The process ended without a final line: report what its log says.
-        tail = self.log_tail()
-        return {"error": f"The backend process ended (exit status {rc}) without a result"
-                         + (f": {tail}" if tail else ".")
-                         + " Check Preferences > Add-ons > Monohuman > Backend Python (run "
-                           "`python -m core.backend --check` with it).", "kind": "BackendError"}
-
-    def log_tail(self, lines: int = 3) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
+        if self._cancel_at is not None and time.monotonic() - self._cancel_at > CANCEL_GRACE_S:
+            self.server.kill()  # it did not stop between stages: the next run starts a fresh backend
+        return self.server.pending(self.id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,37 +242,45 @@ def choose_mode(execution: str) -> str:
     return execution
 
 
-def start(request: dict, execution: str = "AUTO", python: str = "") -> Job:
-    """Start a job (the current one). Raises JobError when it cannot start."""
+def backend(python: str = "", idle_timeout: float = server.DEFAULT_IDLE_S) -> server.BackendServer:
+    """The session's warm backend for this Python (started or restarted when needed). Raises JobError."""
+    python = python or paths.detect_backend_python()
+    fix = "Set Preferences > Add-ons > Monohuman > Backend Python to "
+    if not python:
+        raise JobError("No backend Python is set.", fix + "the python of the environment that has torch "
+                       "(see docs/ADDON.md).", kind="BackendError")
+    python = os.path.expanduser(python)
+    if not os.path.isfile(python):
+        raise JobError(f"Backend Python not found: {python}.",
+                       fix + "an existing python executable (the project's .venv/bin/python).", kind="BackendError")
+    root = paths.backend_cwd(python)
+    if root is None:
+        raise JobError("The Monohuman library (core) was not found next to the add-on or the backend.",
+                       "Reinstall the extension zip, or use a backend Python inside a Monohuman checkout.",
+                       kind="BackendError")
+    try:
+        return server.get(python, root, idle_timeout)
+    except server.ServerError as err:
+        raise JobError(err.problem, err.fix, kind="BackendError") from err
+
+
+def start(request: dict, execution: str = "AUTO", python: str = "", options: dict | None = None,
+          idle_timeout: float = server.DEFAULT_IDLE_S) -> Job:
+    """Start a job (the current one) with the request for core and the `options` for building the
+    result in Blender, both fixed now. Raises JobError when it cannot start."""
     global _current
     if _current is not None and not _current.finished:
         _current.poll()
         if not _current.finished:
             raise JobError("A reconstruction is already running.", "Wait for it or press Cancel.",
                            kind="Busy")
-    mode = choose_mode(execution)
-    if mode == "IN_PROCESS":
+    if choose_mode(execution) == "IN_PROCESS":
         if not paths.in_process_available():
             raise JobError("Cannot run in-process: torch or the Monohuman library does not import in "
                            "Blender's Python.", "Set Execution to Backend process in the add-on preferences.")
-        job: Job = InProcessJob(request)
+        job: Job = InProcessJob(request, options)
     else:
-        python = python or paths.detect_backend_python()
-        if not python:
-            raise JobError("No backend Python is set.",
-                           "Set Preferences > Add-ons > Monohuman > Backend Python to the python of the "
-                           "environment that has torch (see docs/ADDON.md).", kind="BackendError")
-        python = os.path.expanduser(python)
-        if not os.path.isfile(python):
-            raise JobError(f"Backend Python not found: {python}.",
-                           "Set Preferences > Add-ons > Monohuman > Backend Python to an existing python "
-                           "executable (the project's .venv/bin/python).", kind="BackendError")
-        cwd = paths.backend_cwd(python)
-        if cwd is None:
-            raise JobError("The Monohuman library (core) was not found next to the add-on or the backend.",
-                           "Reinstall the extension zip, or use a backend Python inside a Monohuman checkout.",
-                           kind="BackendError")
-        job = BackendJob(request, python, cwd)
+        job = BackendJob(request, backend(python, idle_timeout), options)
     _current = job
     return job
 

@@ -1,9 +1,11 @@
 """Operators: thin. The work is in jobs.py (background) and build_mesh.py (Blender data).
 
-`monohuman.reconstruct` starts a job and, from a UI, returns RUNNING_MODAL with a window-manager timer:
-every tick calls `job.poll()` and passes all events through, so Blender stays responsive. When the job is
-done the result is built in one go inside the operator, so it is one undo step. Headless (tests, scripts)
-or with `wait=True` the operator polls the same job in a loop and builds the same way.
+`monohuman.reconstruct` captures the request (photo, options, 3D cursor) and starts a job. From a UI it
+returns RUNNING_MODAL with a window-manager timer: every tick calls `job.poll()` and passes all events
+through, so Blender stays responsive. When the job is done the result is built in one go inside the
+operator, so it is one undo step. In background mode (`blender -b`, the bpy module: `bpy.app.background`)
+and with `wait=True` the operator polls the same job in a loop and returns only when the result is built,
+so a plain script gets its mesh from `bpy.ops.monohuman.reconstruct()`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import bpy
 
 from . import build_mesh, jobs, paths
-from .preferences import backend_python, get_prefs
+from .preferences import backend_python, get_prefs, idle_seconds
 
 TIMER_INTERVAL = 0.1
 
@@ -41,6 +43,7 @@ def photo_for(props, out_dir: Path) -> str:
 
 
 def make_request(context) -> dict:
+    """What core runs, from the panel as it is now."""
     props = context.scene.monohuman
     prefs = get_prefs(context)
     photo = photo_for(props, paths.results_dir())
@@ -53,16 +56,28 @@ def make_request(context) -> dict:
         "subject_height": float(props.subject_height),
         "smoothing": int(props.smoothing),
         "face_budget": int(props.face_budget) or None,
-        "rig": bool(props.add_armature) and props.method == "vrn",  # HMNet results are always rigged
+        "rig": bool(props.add_armature) and props.method == "vrn",  # the other methods always rig
         "output": str(jobs.new_output_path(photo)),
         "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
     }
 
 
+def make_options(context, photo: str) -> dict:
+    """How the result will be built in Blender, from the panel and the 3D cursor as they are now: a change
+    while the job runs applies to the next reconstruction, not to this one."""
+    props = context.scene.monohuman
+    image = props.photo_image.name if props.photo_source == "IMAGE" and props.photo_image else ""
+    return {"name": build_mesh.object_name_for(photo if props.photo_source == "FILE" else image),
+            "location": tuple(context.scene.cursor.location), "project_texture": bool(props.project_texture),
+            "add_armature": bool(props.add_armature), "show_landmarks": bool(props.show_landmarks)}
+
+
 def start_job(context) -> jobs.Job:
     """Start the reconstruction the panel describes (used by the operator and by tests)."""
     prefs = get_prefs(context)
-    return jobs.start(make_request(context), execution=prefs.execution, python=backend_python(prefs))
+    request = make_request(context)
+    return jobs.start(request, execution=prefs.execution, python=backend_python(prefs),
+                      options=make_options(context, request["photo"]), idle_timeout=idle_seconds(prefs))
 
 
 def finish_job(op, context, job: jobs.Job) -> set:
@@ -73,15 +88,11 @@ def finish_job(op, context, job: jobs.Job) -> set:
     if job.state == jobs.ERROR:
         op.report({"ERROR"}, job.error or "The reconstruction failed.")
         return {"CANCELLED"}
-    props = context.scene.monohuman
     t0 = time.perf_counter()
     try:
         result = build_mesh.load_result(job.result_path)
-        name = build_mesh.object_name_for(job.request["photo"] if props.photo_source == "FILE"
-                                          else props.photo_image.name if props.photo_image else "")
         built = build_mesh.build_result(result, scene=context.scene, view_layer=context.view_layer,
-                                        name=name, project_texture=props.project_texture,
-                                        add_armature=props.add_armature, show_landmarks=props.show_landmarks)
+                                        **job.options)
     except Exception as exc:  # noqa: BLE001 - build_result has already removed what it made
         op.report({"ERROR"}, f"Could not build the result in Blender: {exc}. Try again; if it persists, "
                              f"report it with the backend log in {paths.results_dir()}.")
@@ -122,6 +133,8 @@ class MONOHUMAN_OT_reconstruct(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         job = jobs.current()
+        if job is not None and not job.finished:
+            job.poll()  # cheap; a job whose work has ended never keeps the button locked
         return context.scene is not None and (job is None or job.finished)
 
     def invoke(self, context, event):
@@ -133,11 +146,11 @@ class MONOHUMAN_OT_reconstruct(bpy.types.Operator):
         except jobs.JobError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
-        if self.wait or context.window is None:
+        if self.wait or bpy.app.background or context.window is None:  # nothing would fire a modal timer
             self._job.wait(timeout=self.timeout)
             if not self._job.finished:
                 self._job.cancel()
-                self._job.wait(timeout=jobs.KILL_AFTER_S + 2)
+                self._job.wait(timeout=jobs.CANCEL_WAIT_S)
                 self.report({"ERROR"}, f"The reconstruction took longer than {self.timeout:.0f} s and was "
                                        "stopped. Use a GPU or a smaller model.")
                 return {"CANCELLED"}
@@ -180,7 +193,10 @@ class MONOHUMAN_OT_cancel(bpy.types.Operator):
         return job is not None and not job.finished
 
     def execute(self, context):
+        job = jobs.current()
         jobs.cancel_current()
+        if bpy.app.background:  # no modal timer polls it: wait here until the work has really stopped
+            job.wait(timeout=jobs.CANCEL_WAIT_S)
         _redraw(context)
         return {"FINISHED"}
 

@@ -5,12 +5,19 @@ Plain functions, no bpy data access at import time. Two ways the add-on can be l
 * **From a checkout** (development, tests, or the add-on folder symlinked into Blender): this package is
   ``REPO/blender_addon`` and the library is ``REPO/core``; the backend Python is auto-detected as
   ``REPO/.venv/bin/python`` (``Scripts\\python.exe`` on Windows) and the models as ``REPO/models``.
-* **Installed from the extension zip**: the zip vendors the library as ``vendor/core`` inside this package
-  (and the shipped models, when they are small enough, as ``vendor/models``); see docs/ADDON.md.
+* **Installed from the extension zip**: the zip vendors the library as ``vendor/core`` inside this package,
+  its imports made relative, so in Blender it is ``<this package>.vendor.core`` and no top-level `core` is
+  ever put on Blender's sys.path (the shipped models, when small enough, as ``vendor/models``); see
+  docs/ADDON.md.
+
+Blender's main thread needs only the result reader of ``core/backend.py`` (stdlib and numpy at module
+level): :func:`protocol` loads that file under this add-on's own name, whatever else is called `core`.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -165,25 +172,55 @@ def resolve_model(model: str, user_models: str = "", python: str = "", method: s
     return model
 
 
-def in_process_available() -> bool:
-    """True when `core` and its dependencies (torch, ...) can be imported here (checked without importing)."""
-    import importlib.util
+def _checkout_core_ok(root: Path) -> bool:
+    """Whether top-level `core` in Blender's Python is (or, put first on sys.path, will be) the checkout's."""
+    want = (root / "core").resolve()
+    mod = sys.modules.get("core")
+    if mod is not None:
+        return Path(getattr(mod, "__file__", None) or "/").resolve().parent == want
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    spec = importlib.util.find_spec("core")
+    return spec is not None and Path(spec.origin or "/").resolve().parent == want
 
+
+def in_process_available() -> bool:
+    """True when the library and its dependencies (torch, ...) can be imported here (checked without
+    importing them): the vendored copy, or a checkout's `core` that no stranger package shadows."""
     for dep in ("torch", "mediapipe", "cv2", "skimage", "trimesh", "safetensors", "PIL", "scipy"):
         if importlib.util.find_spec(dep) is None:
             return False
-    if importlib.util.find_spec("core") is not None:
-        return True
-    return core_root() is not None
+    root = checkout_root()
+    return _checkout_core_ok(root) if root is not None else vendor_root() is not None
 
 
-def ensure_core_importable() -> None:
-    """Put the library's folder on sys.path when `core` is not importable yet: the in-process path, and the
-    result reader (core.backend imports only numpy at module level, so this is safe in any Blender)."""
-    import importlib.util
+def backend_module():
+    """`core.backend` for the in-process path: ``<this package>.vendor.core.backend`` when installed from
+    the zip, the checkout's `core.backend` when run from a checkout. Imports torch lazily (callers run it in
+    a worker thread)."""
+    root = checkout_root()
+    if root is None and vendor_root() is not None:
+        return importlib.import_module(f"{__package__}.vendor.core.backend")
+    if root is None or not _checkout_core_ok(root):
+        raise ImportError("another package named core shadows the Monohuman library in Blender's Python")
+    return importlib.import_module("core.backend")
 
-    if importlib.util.find_spec("core") is not None:
-        return
-    root = core_root()
-    if root is not None and str(root) not in sys.path:
-        sys.path.append(str(root))
+
+_protocol = None
+
+
+def protocol():
+    """The library's core/backend.py loaded as ``<this package>.core_protocol``: the result reader
+    (`load_result`) for Blender's main thread, without importing any package named `core`."""
+    global _protocol
+    if _protocol is None:
+        root = core_root()
+        if root is None:
+            raise ImportError("the Monohuman library (core/backend.py) is not next to the add-on")
+        name = f"{__package__}.core_protocol"
+        spec = importlib.util.spec_from_file_location(name, root / "core" / "backend.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        _protocol = module
+    return _protocol

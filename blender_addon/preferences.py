@@ -7,9 +7,9 @@ import subprocess
 import time
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from . import paths
+from . import paths, server
 
 ADDON_ID = __package__
 
@@ -21,7 +21,8 @@ DEVICE_ITEMS = (
 EXECUTION_ITEMS = (
     ("AUTO", "Auto", "In Blender's Python when torch imports there, else the backend process"),
     ("IN_PROCESS", "In Blender", "Run in a worker thread of Blender's own Python (needs torch in Blender)"),
-    ("BACKEND", "Backend process", "Run `python -m core.backend` with the Backend Python below"),
+    ("BACKEND", "Backend process", "Run the warm backend (`python -m core.backend --serve`) with the "
+                                   "Backend Python below"),
 )
 
 
@@ -45,6 +46,9 @@ class MonohumanPreferences(bpy.types.AddonPreferences):
                          description="Where the network runs")
     execution: EnumProperty(name="Execution", items=EXECUTION_ITEMS, default="AUTO",
                             description="Run the reconstruction inside Blender or in a backend process")
+    idle_minutes: IntProperty(name="Stop Backend After (min)", default=10, min=1, max=24 * 60,
+                              description="The backend process keeps torch and the models loaded between "
+                                          "reconstructions; it stops after this many minutes without one")
     check_report: StringProperty(name="Backend Check", default="", options={"SKIP_SAVE"})
 
     def draw(self, context):
@@ -59,6 +63,12 @@ class MonohumanPreferences(bpy.types.AddonPreferences):
                       "and paste its python path here", icon="INFO")
         row = col.row()
         row.operator("monohuman.check_backend", icon="CHECKMARK")
+        row.operator("monohuman.start_backend", icon="PLAY")
+        row.operator("monohuman.stop_backend", icon="PAUSE")
+        col.prop(self, "idle_minutes")
+        running = server.current()
+        col.label(text=f"Backend running (pid {running.process.pid}, {running.requests} requests)" if running
+                  else "Backend not running (starts with the first reconstruction)", icon="INFO")
         if self.check_report:
             for line in self.check_report.split("\n")[:6]:
                 col.label(text=line)
@@ -74,6 +84,7 @@ class _Defaults:
     models_dir = ""
     device = "AUTO"
     execution = "AUTO"
+    idle_minutes = 10
     check_report = ""
 
 
@@ -85,6 +96,52 @@ def get_prefs(context=None):
 
 def backend_python(prefs) -> str:
     return bpy.path.abspath(prefs.backend_python) if prefs.backend_python else paths.detect_backend_python()
+
+
+def idle_seconds(prefs) -> float:
+    return 60.0 * prefs.idle_minutes
+
+
+class MONOHUMAN_OT_start_backend(bpy.types.Operator):
+    """Start the backend process now and load torch, the detector and the model, so the first
+    reconstruction is as fast as the next ones"""
+
+    bl_idname = "monohuman.start_backend"
+    bl_label = "Start Backend"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        from . import jobs
+
+        prefs = get_prefs(context)
+        props = getattr(context.scene, "monohuman", None)
+        try:
+            backend = jobs.backend(backend_python(prefs), idle_seconds(prefs))
+        except jobs.JobError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        warm = {"device": prefs.device.lower()}
+        if props is not None:
+            warm.update(method=props.method, model=paths.resolve_model(props.model, prefs.models_dir,
+                                                                     backend.python, props.method))
+        backend.submit("warmup", warm, lambda msg: None)
+        self.report({"INFO"}, f"Monohuman backend started (pid {backend.process.pid}).")
+        return {"FINISHED"}
+
+
+class MONOHUMAN_OT_stop_backend(bpy.types.Operator):
+    """Stop the backend process (it frees its memory; the next reconstruction starts it again)"""
+
+    bl_idname = "monohuman.stop_backend"
+    bl_label = "Stop Backend"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        from . import jobs
+
+        jobs.shutdown()
+        server.shutdown()
+        return {"FINISHED"}
 
 
 class MONOHUMAN_OT_check_backend(bpy.types.Operator):
@@ -104,7 +161,7 @@ class MONOHUMAN_OT_check_backend(bpy.types.Operator):
             self.report({"ERROR"}, "No backend Python set: set Backend Python to the environment's python.")
             return {"CANCELLED"}
         try:
-            proc = subprocess.Popen([python, "-m", "core.backend", "--check"], cwd=str(cwd),
+            proc = subprocess.Popen([python, "-c", server.BOOT, str(cwd), "--check"], cwd=str(cwd),
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError as exc:
             self.report({"ERROR"}, f"Cannot start {python}: {exc.strerror or exc}. Fix the Backend Python path.")
@@ -152,4 +209,4 @@ def _summarise(out: str, rc: int) -> str:
     return "\n".join(lines)
 
 
-classes = (MonohumanPreferences, MONOHUMAN_OT_check_backend)
+classes = (MonohumanPreferences, MONOHUMAN_OT_check_backend, MONOHUMAN_OT_start_backend, MONOHUMAN_OT_stop_backend)

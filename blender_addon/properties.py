@@ -10,6 +10,8 @@ from . import paths
 METHOD_ITEMS = (
     ("vrn", "VRN", "Volumetric regression: a detailed surface (clothes, hair); rigged through HumanMeshNet"),
     ("hmnet", "HumanMeshNet", "Template body regression: the Anny body with its rig"),
+    ("fit", "Fitted body", "The Anny body fitted to what the detectors see (pose, hands, mask), posed as in "
+                           "the photo, with its rig"),
 )
 
 

