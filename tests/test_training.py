@@ -223,7 +223,7 @@ def test_sigterm_to_the_whole_process_group_saves_state(tiny_dataset, tmp_path):
     assert proc.poll() is None, proc.communicate()[0][-2000:]
     os.killpg(proc.pid, signal.SIGTERM)  # the main process and its loader worker alike
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out[-2000:]
+    assert proc.returncode == 143, out[-2000:]  # saved, but stopped: a scheduler can tell
     meta = json.loads((run / "model.json").read_text())
     done = meta["metrics"]["history"][-1]["epoch"]
     assert done >= 1 and done < 1000

@@ -39,10 +39,14 @@ def read_manifest(data_dir: str | Path) -> list[dict]:
         raise DataError(f"No manifest.jsonl in {data_dir}.",
                         "Point at a folder written by `python -m train.make_dataset` (a finished run).")
     rows = []
-    for line in manifest.read_text().splitlines():
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
-            row["path"] = str(data_dir / row["file"])
+            try:
+                row = json.loads(line)
+                row["path"] = str(data_dir / row["file"])
+            except (json.JSONDecodeError, TypeError, KeyError) as err:
+                raise DataError(f"{manifest} line {number} is cut off or damaged ({err}).",
+                                "Run the make_dataset command that made it again: it rebuilds the manifest.") from None
             rows.append(row)
     return rows
 

@@ -13,7 +13,6 @@ optimizer, epoch, step, RNG; one file replaced atomically after every epoch and 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -33,8 +32,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from core.checkpoint import save_model
-from core.errors import DataError, MonohumanError
-from core.networks.vrn import build_vrn, config_for, vrn_loss
+from core.encode import INPUT_CHANNELS
+from core.errors import ArgumentError, DataError, MonohumanError, Terminated, run_command
+from core.files import write_atomic
+from core.networks.vrn import VARIANTS, build_vrn, config_for, vrn_loss
+from core.validate import Parser, choice, choices_list, number, shape
 from train.dataset import DEPTH_ANCHORS, Augment, VolumeDataset
 from train.metrics import volume_iou
 
@@ -71,8 +73,12 @@ class TrainConfig:
     name: str = ""  # model name recorded in its JSON; default: the run folder's name
 
 
+CHOICES = {"optimizer": ("rmsprop", "adam"), "device": ("auto", "cpu", "cuda"), "norm": ("", "batch", "group"),
+           "depth_anchor": DEPTH_ANCHORS}
+
+
 def parse_config(argv=None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m train.fit", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m train.fit", description=__doc__.splitlines()[0])
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -81,8 +87,31 @@ def parse_config(argv=None) -> TrainConfig:
             parser.add_argument(flag, nargs="+", default=[])
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=f.default)
+            parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name))
     return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Every option in range before anything is read or written (a resumed run's saved config too)."""
+    for name, value in vars(cfg).items():
+        if name in CHOICES:
+            choice(f"--{name.replace('_', '-')}", value, CHOICES[name])
+    positive = ("epochs", "batch_size", "val_samples")
+    for name in ("features", "stacks", "refine", "workers", "threads", "max_steps", *positive):
+        number(f"--{name.replace('_', '-')}", getattr(cfg, name), integer=True, lo=1 if name in positive else 0)
+    number("--lr", cfg.lr, lo=0, lo_open=True)
+    number("--lr-late", cfg.lr_late)
+    for name in ("lr_drop", "detected_landmarks"):
+        number(f"--{name.replace('_', '-')}", getattr(cfg, name), lo=0, hi=1)
+    number("--iou-weight", cfg.iou_weight, lo=0)
+    choice("--variant", cfg.variant, tuple(VARIANTS))
+    if cfg.inputs:
+        choices_list("--inputs", cfg.inputs, tuple(INPUT_CHANNELS))
+    if cfg.volume:
+        shape("--volume", cfg.volume)
+    if cfg.input_size:
+        shape("--input-size", cfg.input_size, dims=2, example="128x128")
+    return cfg
 
 
 # ---------------------------------------------------------------- distributed and device set-up
@@ -90,6 +119,8 @@ def parse_config(argv=None) -> TrainConfig:
 def setup_distributed(device: str):
     """Rank, world size and device; under torchrun, one process per GPU (or CPU processes with gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError("--device cuda: no CUDA GPU is available here.", "Use --device cpu or auto.")
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if world > 1:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -156,15 +187,24 @@ def load_state(path: Path, model, optimizer) -> dict:
 # ---------------------------------------------------------------- the run
 
 def resolve_run(cfg):
-    """--resume reloads the run's own config (only max_steps comes from this call); a new run never
-    overwrites an existing one. Works for any training config dataclass with out/data/resume/max_steps."""
+    """--resume reloads the run's own config (only max_steps comes from this call) and continues in the
+    folder it is given (--out), wherever the run was first made: a copied or moved run resumes in place. A
+    new run never overwrites an existing one. Works for any training config dataclass with
+    out/data/resume/max_steps."""
     run = Path(cfg.out)
     state_path = run / "state.safetensors"
     if cfg.resume:
         if not state_path.is_file():
             raise DataError(f"Nothing to resume: {state_path} does not exist.", "Start without --resume.")
-        saved = json.loads((run / "config.json").read_text())
-        return type(cfg)(**{**saved, "resume": True, "max_steps": cfg.max_steps})
+        config_path = run / "config.json"
+        fix = "Restore config.json from the run's first start (or a backup), or start a new run."
+        try:
+            saved = json.loads(config_path.read_text())
+            return type(cfg)(**{**saved, "out": str(run), "resume": True, "max_steps": cfg.max_steps})
+        except FileNotFoundError:
+            raise DataError(f"Cannot resume {run}: its config.json is missing.", fix) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise DataError(f"Cannot resume {run}: its config.json is damaged or edited ({err}).", fix) from None
     if state_path.exists():
         raise DataError(f"{run} already holds a run.", "Add --resume to continue it, or choose another --out.")
     if not cfg.data:
@@ -173,11 +213,8 @@ def resolve_run(cfg):
 
 
 def data_shapes(cfg: TrainConfig, probe: VolumeDataset) -> tuple[tuple, tuple]:
-    def parse(text):
-        return tuple(int(v) for v in text.lower().split("x"))
-
-    volume = parse(cfg.volume) if cfg.volume else probe.volume_shape
-    input_size = parse(cfg.input_size) if cfg.input_size else probe.input_size
+    volume = shape("--volume", cfg.volume) if cfg.volume else probe.volume_shape
+    input_size = shape("--input-size", cfg.input_size, dims=2) if cfg.input_size else probe.input_size
     return volume, input_size
 
 
@@ -215,15 +252,12 @@ def evaluate_iou(model, loader, device, world) -> float:
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    try:
-        return fit(cfg, command=" ".join(["python -m train.fit", *map(shlex.quote, argv or sys.argv[1:])]))
-    except MonohumanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    command = " ".join(["python -m train.fit", *map(shlex.quote, argv or sys.argv[1:])])
+    return run_command(lambda: fit(cfg, command=command))
 
 
 def fit(cfg: TrainConfig, command: str = "") -> int:
-    cfg = resolve_run(cfg)
+    cfg = check_config(resolve_run(check_config(cfg)))
     run = Path(cfg.out)
     state_path = run / "state.safetensors"
 
@@ -244,7 +278,13 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
         overrides["inputs"] = tuple(cfg.inputs.split(","))
     if cfg.refine:
         overrides["refine"] = cfg.refine
-    net_cfg = config_for(cfg.variant, **overrides)
+    try:
+        net_cfg = config_for(cfg.variant, **overrides)
+    except ValueError as err:  # e.g. a volume the variant's hourglass cannot halve, inputs it cannot take
+        raise ArgumentError(f"The network options do not fit together: {err}.", "Change --variant or its options.")
+    if net_cfg.norm == "batch" and cfg.batch_size < 2:
+        raise ArgumentError("--batch-size 1 with batch norm: batch statistics need at least 2 samples.",
+                            "Use --batch-size 2 or more, or --norm group.")
 
     if cfg.depth_anchor not in DEPTH_ANCHORS:
         raise DataError(f"Unknown --depth-anchor {cfg.depth_anchor!r}.", f"Use one of {list(DEPTH_ANCHORS)}.")
@@ -261,16 +301,14 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     params = model.parameters()
-    optimizer = (torch.optim.RMSprop(params, lr=cfg.lr) if cfg.optimizer == "rmsprop"
-                 else torch.optim.Adam(params, lr=cfg.lr))
+    optimizer = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam}[cfg.optimizer](params, lr=cfg.lr)
     start_epoch, skip_batches, step, history, resumed_loss = 0, 0, 0, [], 0.0
     if cfg.resume:
         meta = load_state(state_path, model, optimizer)
         start_epoch, skip_batches, step, history = meta["epoch"], meta["batch"], meta["step"], meta["history"]
         resumed_loss = meta.get("loss_sum", 0.0)
     elif rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        write_atomic(run / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     sampler = torch.utils.data.distributed.DistributedSampler(
@@ -287,9 +325,9 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
                         "Generate more samples or lower --batch-size.")
 
     def checkpoint(epoch: int, batch: int, loss_sum: float = 0.0) -> None:
-        if rank == 0:
-            save_state(state_path, model, optimizer,
-                       {"epoch": epoch, "batch": batch, "step": step, "history": history, "loss_sum": loss_sum})
+        if rank == 0:  # only finished epochs' rows: an interrupt at an epoch's end must not log it twice
+            save_state(state_path, model, optimizer, {"epoch": epoch, "batch": batch, "step": step, "loss_sum": loss_sum,
+                                                      "history": [h for h in history if h["epoch"] <= epoch]})
 
     epoch, batch, loss_sum = start_epoch, skip_batches, 0.0
     try:
@@ -338,6 +376,8 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
                 export(cfg, run, model, history, step, len(train_part), world, device, command)
                 write_log(run / "log.csv", history)
                 print(f"epoch {epoch + 1}: loss {train_loss:.4f}  val IoU {val_iou:.4f}", file=sys.stderr)
+            if stop["now"] or (cfg.max_steps and step >= cfg.max_steps):
+                break
     except KeyboardInterrupt:
         checkpoint(epoch, batch, loss_sum)
         print(f"interrupted: state saved in {state_path}; continue with --resume", file=sys.stderr)
@@ -347,6 +387,8 @@ def fit(cfg: TrainConfig, command: str = "") -> int:
 
     if world > 1:
         dist.destroy_process_group()
+    if stop["now"]:  # a scheduler must be able to tell a stopped run from a finished one
+        raise Terminated(f"Stopped by SIGTERM; the state is saved in {state_path}.", "Continue with --resume.")
     return 0
 
 

@@ -1,0 +1,150 @@
+"""Issue 16, training side: train.fit and train.make_dataset refuse bad options in one line with their exit
+code, resume the folder they are given, and never mix or lose data. Fast: a synthetic 16 px dataset written
+with train.samples (no Blender), 8-wide networks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from train.fit import main as fit
+from train.samples import sample_path, write_sample
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--variant", "multistack", "--features", "8", "--stacks", "1", "--norm", "group", "--batch-size", "2",
+         "--val-samples", "1", "--workers", "0", "--threads", "1", "--optimizer", "adam"]
+
+
+def synthetic_dataset(out: Path, count: int = 6) -> Path:
+    """`count` samples of 16 px crops and 8x16x16 volumes (a box), with the manifest train.fit reads."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        volume = np.zeros((8, 16, 16), bool)
+        volume[2:6, 3:13, 5:11] = True
+        meta = {"index": i, "split": "train", "body_id": i, "source": "anny", "seed": 0, "input_hw": [16, 16],
+                "volume_shape": [8, 16, 16], "front_iou": 1.0, "detected": False, "body": {}}
+        write_sample(sample_path(out, i), rgb=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                     mask=volume.any(0), parts=np.zeros((16, 16), np.uint8),
+                     landmarks16=rng.uniform(0, 16, (16, 3)), landmarks16_detected=np.full((16, 3), np.nan),
+                     volume=volume, vertices_vox=np.zeros((4, 3)), joints_vox=np.zeros((2, 3)),
+                     vertices_cam=np.zeros((4, 3)), joints_cam=np.zeros((2, 3)), meta=meta)
+        rows.append(json.dumps({"index": i, "file": f"samples/{sample_path(out, i).name}", "split": "train"}))
+    (out / "manifest.jsonl").write_text("".join(r + "\n" for r in rows))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def fails(capsys, command, argv, code: int, *words: str) -> str:
+    """`command(argv)` exits with `code` and one stderr line naming `words`."""
+    try:
+        rc = command([str(a) for a in argv])
+    except SystemExit as stop:
+        rc = stop.code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == code, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for w in words:
+        assert w in err[0], err[0]
+    return err[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def state_meta(run: Path) -> dict:
+    with safe_open(str(run / "state.safetensors"), "pt") as f:
+        return json.loads(f.metadata()["train_state"])
+
+
+# ------------------------------------------------------------------------- train.fit: options
+
+@pytest.mark.parametrize("args,words", [
+    (["--variant", "nope"], ["--variant", "nope"]), (["--norm", "layer"], ["--norm", "layer"]),
+    (["--inputs", "image,depth"], ["--inputs", "depth"]), (["--volume", "8x16"], ["--volume", "8x16"]),
+    (["--lr", "nan"], ["--lr", "finite"]), (["--batch-size", "0"], ["--batch-size", "at least 1"]),
+    (["--epochs", "0"], ["--epochs", "at least 1"]), (["--optimizer", "sgd"], ["--optimizer", "sgd"]),
+    (["--lr-drop", "2"], ["--lr-drop"]), (["--workers", "-1"], ["--workers"]),
+])
+def test_fit_bad_options(capsys, data, tmp_path, args, words):
+    fails(capsys, fit, ["--data", data, "--out", tmp_path / "run", *SMALL, *args], 2, *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_fit_device_cuda_without_gpu_is_an_error(capsys, data, tmp_path):
+    fails(capsys, fit, ["--data", data, "--out", tmp_path / "run", *SMALL, "--device", "cuda"], 2, "cuda")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_batch_of_one_with_batch_norm(capsys, data, tmp_path):
+    args = ["--data", data, "--out", tmp_path / "run", *SMALL, "--norm", "batch", "--batch-size", "1"]
+    fails(capsys, fit, args, 2, "--batch-size 1", "batch norm")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cut_manifest_line(capsys, data, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(data, cut)
+    text = (cut / "manifest.jsonl").read_text()
+    (cut / "manifest.jsonl").write_text(text[:-20])  # a copy that stopped mid-line
+    fails(capsys, fit, ["--data", cut, "--out", tmp_path / "run", *SMALL], 5, "line 6")
+
+
+# ------------------------------------------------------------------------- train.fit: resume where it is
+
+def test_resume_copied_and_moved_runs_in_place(capsys, data, tmp_path):
+    first = tmp_path / "first"
+    assert fit(["--data", str(data), "--out", str(first), *SMALL, "--epochs", "3", "--max-steps", "1"]) == 0
+    before = snapshot(first)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    assert fit(["--out", str(copy), "--resume", "--max-steps", "3"]) == 0
+    assert snapshot(first) == before  # the original is untouched
+    assert state_meta(copy)["step"] == 3 and (copy / "model.json").is_file()
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert fit(["--out", str(moved), "--resume", "--max-steps", "2"]) == 0
+    assert state_meta(moved)["step"] == 2 and not first.exists()
+
+
+def test_resume_without_config_json(capsys, data, tmp_path):
+    run = tmp_path / "run"
+    assert fit(["--data", str(data), "--out", str(run), *SMALL, "--epochs", "2", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    (run / "config.json").write_text('{"variant": "multistack", "colour": 3}')  # edited by hand
+    fails(capsys, fit, ["--out", run, "--resume"], 5, "config.json", "damaged or edited")
+    (run / "config.json").unlink()
+    before = snapshot(run)
+    fails(capsys, fit, ["--out", run, "--resume"], 5, "config.json", "missing")
+    assert snapshot(run) == before
+
+
+def test_sigterm_exits_143_after_saving(data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train.fit", "--data", str(data), "--out", str(run), *SMALL, "--epochs", "100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "log.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: Stopped by SIGTERM") and "--resume" in err
+    assert 1 <= state_meta(run)["epoch"] < 100000
