@@ -26,20 +26,24 @@ SMALL = ["--variant", "multistack", "--features", "8", "--stacks", "1", "--norm"
          "--val-samples", "1", "--workers", "0", "--threads", "1", "--optimizer", "adam"]
 
 
+def write_synthetic(out: Path, i: int, shift: int = 0) -> None:
+    """Sample `i`: a 16 px crop and an 8x16x16 volume (a box), as train.samples writes them."""
+    rng = np.random.default_rng(i)
+    volume = np.zeros((8, 16, 16), bool)
+    volume[2:6, 3:13, 5 + shift:11] = True
+    meta = {"index": i, "split": "train", "body_id": i, "source": "anny", "seed": 0, "input_hw": [16, 16],
+            "volume_shape": [8, 16, 16], "front_iou": 1.0, "detected": False, "body": {}}
+    write_sample(sample_path(out, i), rgb=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), mask=volume.any(0),
+                 parts=np.zeros((16, 16), np.uint8), landmarks16=rng.uniform(0, 16, (16, 3)),
+                 landmarks16_detected=np.full((16, 3), np.nan), volume=volume, vertices_vox=np.zeros((4, 3)),
+                 joints_vox=np.zeros((2, 3)), vertices_cam=np.zeros((4, 3)), joints_cam=np.zeros((2, 3)), meta=meta)
+
+
 def synthetic_dataset(out: Path, count: int = 6) -> Path:
-    """`count` samples of 16 px crops and 8x16x16 volumes (a box), with the manifest train.fit reads."""
-    rng = np.random.default_rng(0)
+    """`count` synthetic samples with the manifest train.fit reads."""
     rows = []
     for i in range(count):
-        volume = np.zeros((8, 16, 16), bool)
-        volume[2:6, 3:13, 5:11] = True
-        meta = {"index": i, "split": "train", "body_id": i, "source": "anny", "seed": 0, "input_hw": [16, 16],
-                "volume_shape": [8, 16, 16], "front_iou": 1.0, "detected": False, "body": {}}
-        write_sample(sample_path(out, i), rgb=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
-                     mask=volume.any(0), parts=np.zeros((16, 16), np.uint8),
-                     landmarks16=rng.uniform(0, 16, (16, 3)), landmarks16_detected=np.full((16, 3), np.nan),
-                     volume=volume, vertices_vox=np.zeros((4, 3)), joints_vox=np.zeros((2, 3)),
-                     vertices_cam=np.zeros((4, 3)), joints_cam=np.zeros((2, 3)), meta=meta)
+        write_synthetic(out, i)
         rows.append(json.dumps({"index": i, "file": f"samples/{sample_path(out, i).name}", "split": "train"}))
     (out / "manifest.jsonl").write_text("".join(r + "\n" for r in rows))
     return out
@@ -148,3 +152,64 @@ def test_sigterm_exits_143_after_saving(data, tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: Stopped by SIGTERM") and "--resume" in err
     assert 1 <= state_meta(run)["epoch"] < 100000
+
+
+# ------------------------------------------------------------------------- train.make_dataset
+
+@pytest.fixture
+def no_render(monkeypatch):
+    """make_dataset with its Blender sample replaced by a synthetic one (the checks around it are real)."""
+    from train import make_dataset as md
+
+    monkeypatch.setattr(md, "make_sample", lambda i, ctx: write_synthetic(Path(ctx.args.out), i) or {})
+    monkeypatch.setattr(md, "_joint_names", lambda: None)
+    return md.main
+
+
+MAKE = ["--count", "3", "--size", "16", "--volume", "8x16x16", "--no-detect", "--progress", "none"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--size", "0"], ["--size"]), (["--count", "0"], ["--count"]), (["--volume", "8x0x16"], ["--volume"]),
+    (["--backgrounds", "/no/such/folder"], ["--backgrounds", "does not exist"]), (["--workers", "0"], ["--workers"]),
+])
+def test_make_dataset_bad_options(capsys, no_render, tmp_path, args, words):
+    fails(capsys, no_render, ["--out", tmp_path / "d", *MAKE, *args], 2, *words)
+    assert not (tmp_path / "d").exists()
+
+
+def test_make_dataset_rerun_with_other_settings_is_refused(capsys, no_render, tmp_path):
+    out = tmp_path / "d"
+    assert no_render(["--out", str(out), *MAKE]) == 0
+    assert json.loads((out / "settings.json").read_text())["size"] == 16
+    capsys.readouterr()
+    before = snapshot(out)
+    fails(capsys, no_render, ["--out", out, *MAKE, "--size", "32", "--seed", "4"], 5, "--size 32 (made with 16)",
+          "--seed 4 (made with 0)")
+    assert snapshot(out) == before
+    assert no_render(["--out", str(out), *MAKE[:1], "5", *MAKE[2:]]) == 0  # more samples, same settings: fine
+
+
+def test_make_dataset_remakes_broken_samples(capsys, no_render, tmp_path):
+    from train.samples import read_sample, sample_problem
+
+    out = tmp_path / "d"
+    assert no_render(["--out", str(out), *MAKE]) == 0
+    broken = sample_path(out, 1)
+    broken.write_bytes(broken.read_bytes()[:200])  # what a full disk or a crash outside the atomic write leaves
+    assert sample_problem(broken)
+    capsys.readouterr()
+    assert no_render(["--out", str(out), *MAKE]) == 0
+    assert "remaking broken sample 0000001.npz" in capsys.readouterr().err
+    assert sample_problem(broken) is None and read_sample(broken)["volume"].sum() > 0
+
+
+def test_merge_checks_everything_before_linking(capsys, no_render, tmp_path):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for i in (0, 1):
+        write_synthetic(a, i)
+    write_synthetic(b, 1, shift=2)  # the same index made differently
+    fails(capsys, no_render, ["merge", out, a, b], 5, "0000001.npz", "differs")
+    assert not (out / "samples").exists() or not any((out / "samples").iterdir())
+    fails(capsys, no_render, ["merge", tmp_path / "out2", a, tmp_path / "missing"], 2, "missing", "does not exist")
+    assert not (tmp_path / "out2").exists()

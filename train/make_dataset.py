@@ -48,19 +48,22 @@ import numpy as np  # noqa: E402
 
 FORMAT = "monohuman-dataset"
 FORMAT_VERSION = 1
+# What a sample depends on: a folder is made with one set of these (settings.json); a rerun must match.
+SETTINGS = ("seed", "size", "volume", "engine", "samples", "denoise", "split_every", "source", "scans",
+            "backgrounds", "no_detect")
 STAGES = ("body", "scene", "render", "crop", "detect", "voxelise", "write")
 
 
 # ------------------------------------------------------------------------------------------- args
 
 def _volume(text: str):
+    from core.errors import ArgumentError
+    from core.validate import shape
+
     try:
-        d, h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--volume wants DxHxW, e.g. 128x128x128; got {text!r}")
-    if min(d, h, w) <= 0:
-        raise argparse.ArgumentTypeError("--volume sizes must be positive")
-    return d, h, w
+        return shape("--volume", text)
+    except ArgumentError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
 
 
 def _shard(text: str):
@@ -74,7 +77,9 @@ def _shard(text: str):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m train.make_dataset", description=__doc__.split("\n\n")[0])
+    from core.validate import Parser
+
+    p = Parser(prog="python -m train.make_dataset", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--count", type=int, required=True, help="number of samples in the whole dataset")
     src = p.add_mutually_exclusive_group()
@@ -96,6 +101,69 @@ def build_parser():
     p.add_argument("--progress", choices=["auto", "none"], default="auto")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: no finalise
     return p
+
+
+def check_args(args):
+    """Ranges and folders, before anything is made."""
+    from core.validate import existing_folder, number
+
+    number("--count", args.count, integer=True, lo=1)
+    number("--size", args.size, integer=True, lo=16)
+    number("--workers", args.workers, integer=True, lo=1)
+    number("--samples", args.samples, integer=True, lo=1)
+    number("--threads", args.threads, integer=True, lo=0)
+    number("--split-every", args.split_every, integer=True, lo=0)
+    for name in ("backgrounds", "scans"):
+        if getattr(args, name):
+            existing_folder(f"--{name}", getattr(args, name))
+    return args
+
+
+def settings_of(args) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in SETTINGS}
+
+
+def remember_settings(out: Path, args) -> None:
+    """The folder's settings.json is written by its first run; a rerun with other settings is refused with
+    the difference named, so a dataset never mixes samples made two ways. A folder from before this file
+    existed is checked against its card's parameters."""
+    from core.errors import DataError
+    from core.files import write_atomic
+
+    path = out / "settings.json"
+    mine = settings_of(args)
+    if path.exists():
+        saved, source = json.loads(path.read_text()), "settings.json"
+    else:
+        card = out / "card.json"
+        saved = json.loads(card.read_text()).get("parameters", {}) if card.exists() else {}
+        saved, source = {k: v for k, v in saved.items() if k in SETTINGS}, "card.json"
+    diff = [f"--{k.replace('_', '-')} {_shown(mine.get(k))} (made with {_shown(saved[k])})"
+            for k in SETTINGS if k in saved and saved[k] != mine.get(k)]
+    if diff:
+        raise DataError(f"{out} was made with other settings ({source}): {'; '.join(diff)}.",
+                        "Rerun with the folder's settings, or choose another --out.")
+    if not path.exists():
+        write_atomic(path, json.dumps(mine, indent=1, sort_keys=True) + "\n")
+
+
+def _shown(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def remove_broken(out: Path, indices) -> int:
+    """Delete the broken sample files among `indices` (a crash, a full disk), so this run makes them again."""
+    from train.samples import sample_path, sample_problem
+
+    removed = 0
+    for i in indices:
+        p = sample_path(out, i)
+        problem = sample_problem(p) if p.exists() else None
+        if problem:
+            print(f"remaking broken sample {p.name}: {problem}", file=sys.stderr)
+            p.unlink()
+            removed += 1
+    return removed
 
 
 def _argv():
@@ -390,6 +458,21 @@ def _worker_command(argv, shard):
     return [sys.executable, "-m", "train.make_dataset"] + rest
 
 
+def _die_with_parent():
+    """A worker stops when the command that started it is gone (killed), instead of rendering on alone;
+    what it was writing is a temporary file the next run removes."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def run_workers(args, argv, indices):
     i, n = args.shard
     w = int(args.workers)
@@ -417,8 +500,8 @@ def run_workers(args, argv, indices):
             bar.close()
     bad = [p.returncode for p in procs if p.returncode]
     if bad:
-        raise SystemExit(f"{len(bad)} worker(s) failed (exit codes {bad}); run the same command again to "
-                         "resume.")
+        from core.errors import DataError
+        raise DataError(f"{len(bad)} worker(s) failed (exit codes {bad}).", "Run the same command again to resume.")
 
 
 # ------------------------------------------------------------------------------------------- finish
@@ -538,30 +621,36 @@ def merge(out, dirs):
     import filecmp
     import shutil
 
+    from core.errors import DataError
+    from core.validate import existing_folder
+
     out = Path(out)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    card_params = None
-    for d in dirs:
-        d = Path(d)
+    dirs = [existing_folder("merge folder", d, "Give shard folders made by make_dataset.") for d in dirs]
+    card_params, chosen = None, {}
+    for d in dirs:  # every check first: a refused merge links nothing
         card = json.loads((d / "card.json").read_text()) if (d / "card.json").exists() else {}
         key = (card.get("seed"), json.dumps(card.get("input_hw")), json.dumps(card.get("volume_shape")))
         if card_params is None:
             card_params = (key, card)
         elif key != card_params[0]:
-            from core.errors import DataError
             raise DataError(f"{d} was made with different settings (seed, size or volume) than {dirs[0]}.",
                             "Merge only shards of the same make_dataset command.")
         for p in sorted((d / "samples").glob("*.npz")):
-            dst = out / "samples" / p.name
-            if dst.exists():
-                if not filecmp.cmp(p, dst, shallow=False):
-                    from core.errors import DataError
-                    raise DataError(f"Sample {p.name} differs between shards.", "Merge shards of one run only.")
-                continue
-            try:
-                os.link(p, dst)
-            except OSError:
-                shutil.copy2(p, dst)
+            other = chosen.get(p.name, out / "samples" / p.name)
+            if other.exists() and not filecmp.cmp(p, other, shallow=False):
+                raise DataError(f"Sample {p.name} differs between {other.parent.parent} and {d}.",
+                                "Merge shards of one run only.")
+            chosen.setdefault(p.name, p)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    for name, p in chosen.items():
+        dst = out / "samples" / name
+        if dst.exists():
+            continue
+        try:
+            os.link(p, dst)
+        except OSError:
+            shutil.copy2(p, dst)
+    for d in dirs:
         if (d / "timings.jsonl").exists():
             with open(out / "timings.jsonl", "a") as f:
                 f.write((d / "timings.jsonl").read_text())
@@ -579,19 +668,34 @@ def merge(out, dirs):
 # ------------------------------------------------------------------------------------------- main
 
 def main(argv=None):
+    """The command; every expected failure is one line on stderr and its exit code (core.errors)."""
+    from core.errors import run_command
+
     argv = list(_argv() if argv is None else argv)
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv):
+    from core.errors import ArgumentError
+
     os.environ.setdefault("ANNY_CACHE_DIR", os.path.expanduser("~/.cache/monohuman/anny"))
     if argv and argv[0] == "merge":
         if len(argv) < 3:
-            raise SystemExit("usage: python -m train.make_dataset merge OUT DIR1 [DIR2 ...]")
+            raise ArgumentError("merge needs an output folder and at least one shard folder.",
+                                "Usage: python -m train.make_dataset merge OUT DIR1 [DIR2 ...]")
         card = merge(argv[1], argv[2:])
         print(f"merged {card['count']} samples into {argv[1]}")
         return 0
-    args = build_parser().parse_args(argv)
+    args = check_args(build_parser().parse_args(argv))
+    if args.worker:
+        _die_with_parent()
     out = Path(args.out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     _clean_tmp(out)
+    remember_settings(out, args)
     indices = _indices(args)
+    if not args.worker:
+        remove_broken(out, indices)
     progress = args.progress != "none"
     scan_problems = None
     if args.scans:  # report broken scans once, up front (workers skip them too)
@@ -609,10 +713,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from core.errors import MonohumanError
-
-    try:
-        sys.exit(main())
-    except MonohumanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    sys.exit(main())

@@ -100,5 +100,29 @@ def read_sample(path, volume: bool = True, keys=KEYS) -> dict:
 
 
 def read_meta(path) -> dict:
-    with np.load(Path(path), allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except Exception as e:  # truncated zip, no meta, bad JSON
+        raise DataError(f"Sample {path} cannot be read ({type(e).__name__}: {e}).",
+                        "Run the make_dataset command again: it remakes broken samples.") from e
+
+
+def sample_problem(path) -> str | None:
+    """Why a sample file is broken (cut off, a bad CRC, a key or its meta missing), or None when it is whole.
+    Reads every byte (zip CRCs), so a rerun finds what a crash or a full disk left behind."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            if bad is not None:
+                return f"{bad} fails its checksum"
+            names = {n.removesuffix(".npy") for n in z.namelist()}
+        missing = [k for k in KEYS if k not in names]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        read_meta(path)
+    except (zipfile.BadZipFile, OSError, EOFError, DataError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
