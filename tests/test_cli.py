@@ -68,6 +68,17 @@ def test_cli_progress_on_stderr_results_on_stdout(reconstructions):
     json.loads(proc.stdout.strip().splitlines()[-1])  # stdout holds only the result
 
 
+def test_good_photo_leaves_no_third_party_lines_on_stderr(reconstructions):
+    """stderr holds only our progress lines and warnings: no mediapipe/absl/TensorFlow/PIL log lines."""
+    import re
+
+    _, results = reconstructions
+    for proc in results.values():
+        other = [ln for ln in proc.stderr.splitlines()
+                 if ln.strip() and not re.match(r"\[\s*\d+%\] \w+$", ln) and not ln.startswith("warning: ")]
+        assert other == [], other
+
+
 def test_missing_photo(tmp_path):
     proc = run_cli("reconstruct", tmp_path / "nobody.jpg", "-o", tmp_path / "x.obj")
     assert proc.returncode == 2

@@ -25,7 +25,6 @@ parts swap, `core.parts.PART_MIRROR`), and so are the targets through Anny's lef
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -40,10 +39,11 @@ import torch
 
 from core.checkpoint import save_model
 from core.encode import encode
-from core.errors import DataError, MonohumanError
+from core.errors import ArgumentError, DataError, Terminated, run_command
 from core.networks.hmnet import build_hmnet, config_for, hmnet_loss, to_unit
 from core.parts import PART_MIRROR, parts_from_landmarks
 from core.template import load_template
+from core.validate import Parser, choice
 from train.dataset import Augment, augment_sample, read_manifest, training_mask
 from train.fit import ignore_sigterm, learning_rate, load_state, resolve_run, save_state, split_train_val, write_log
 from train.samples import read_sample
@@ -79,7 +79,7 @@ class HMNetTrainConfig:
 
 
 def parse_config(argv=None) -> HMNetTrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m train.fit_hmnet", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m train.fit_hmnet", description=__doc__.splitlines()[0])
     for f in dataclasses.fields(HMNetTrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -187,7 +187,8 @@ def evaluate(model, loader, device) -> dict:
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    try:
+
+    def body() -> int:
         if cfg.build_template:
             build_template_file(cfg.data, cfg.template_out or None)
             return 0
@@ -195,9 +196,8 @@ def main(argv=None) -> int:
             print(json.dumps(evaluate_parts(cfg.data, cfg.eval_parts), indent=1))
             return 0
         return fit(cfg, command=" ".join(["python -m train.fit_hmnet", *map(shlex.quote, argv or sys.argv[1:])]))
-    except MonohumanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+
+    return run_command(body)  # one line and the exit code for every expected failure
 
 
 def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
@@ -205,6 +205,9 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
     run = Path(cfg.out)
     state_path = run / "state.safetensors"
 
+    choice("--device", cfg.device, ("auto", "cpu", "cuda"))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError("--device cuda: no CUDA GPU is available here.", "Use --device cpu or auto.")
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -280,6 +283,8 @@ def fit(cfg: HMNetTrainConfig, command: str = "") -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stop["now"]:  # a scheduler must be able to tell a stopped run from a finished one
+        raise Terminated(f"Stopped by SIGTERM; the state is saved in {state_path}.", "Continue with --resume.")
     return 0
 
 
