@@ -59,15 +59,19 @@ def main(argv=None) -> int:
     prefs = bpy.context.preferences.addons[EXT].preferences
     prefs.device, prefs.backend_python = args.device, args.python
     bpy.context.scene.monohuman.photo_path = str(Path(args.photo).resolve())
-    server = sys.modules[EXT + ".server"]
+    server, paths = sys.modules[EXT + ".server"], sys.modules[EXT + ".paths"]
     out: dict = {"background": bpy.app.background, "runs": []}
     for execution in args.runs.split(","):
         prefs.execution = execution
         t0 = time.perf_counter()
         ret = bpy.ops.monohuman.reconstruct()
+        seconds = time.perf_counter() - t0
         backend = server.current()
-        out["runs"].append({"execution": execution, "seconds": time.perf_counter() - t0, "return": sorted(ret),
-                            "backend_pid": backend.process.pid if backend else None})
+        newest = max(paths.results_dir().glob("*.npz"), key=lambda p: p.stat().st_mtime, default=None)
+        timings = paths.protocol().load_result(newest)["timings"] if newest else {}
+        out["runs"].append({"execution": execution, "seconds": seconds, "return": sorted(ret),
+                            "backend_pid": backend.process.pid if backend else None,
+                            "reconstruct_s": timings.get("total"), "backend_s": timings.get("backend_total")})
     coll = bpy.data.collections.get("Monohuman")
     out["objects"] = sorted((o.name, o.type) for o in coll.objects) if coll else []
     out["core_module"] = getattr(sys.modules.get("core"), "__file__", None)
