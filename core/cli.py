@@ -7,9 +7,12 @@ with the error's code (2 input or argument, 3 no person, 4 model, 6 output, 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -167,4 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args))  # one line and the exit code for every expected failure
+    with _native_logs_hidden():
+        return run_command(lambda: args.func(args))  # one line and the exit code for every expected failure
+
+
+@contextlib.contextmanager
+def _native_logs_hidden():
+    """What C++ libraries write straight to file descriptor 2 (mediapipe's glog/absl, TensorFlow Lite) goes to
+    a temporary file; Python's sys.stderr (our progress, warnings and the one error line) keeps the real
+    stderr. MONOHUMAN_DEBUG=1 keeps everything."""
+    if os.environ.get("MONOHUMAN_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    sys.stderr.flush()
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        try:
+            yield
+        finally:
+            sys.stderr.close()
+            sys.stderr = saved_stream
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
