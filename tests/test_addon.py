@@ -761,6 +761,8 @@ def test_warm_backend_serves_restarts_and_stops(addon, tmp_path):
     for _ in range(2):
         msgs = _server_request(first, "reconstruct", {"photo": str(fake), "output": str(tmp_path / "r.npz")})
         assert msgs[-1]["kind"] == "InputError" and "Not a readable image" in msgs[-1]["error"]
+    warm = _server_request(first, "warmup", {"method": "vrn", "model": "default", "device": "cpu"}, timeout=300)
+    assert warm[-1] == {"done": ""}, warm  # Start Backend: torch, the detector and the model loaded ahead
     assert first.alive() and jobs.backend(PYTHON, idle_timeout=600) is first
     first.kill()
     first.process.wait(timeout=10)
