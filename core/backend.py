@@ -233,8 +233,9 @@ def run_request(request: dict, progress: Progress | None = None,
 
     Raises core.errors.MonohumanError subclasses (Cancelled when `cancel` is set)."""
     from core.image_io import load_image, save_png
+    from core.validate import validate_request
 
-    req = _check_request(request)
+    req = validate_request(request)  # every field checked, a wrong one named (issue 16)
     out = Path(req["output"])
     t0 = time.perf_counter()
     rgb = load_image(req["photo"])  # cheap (PIL): a file that is not a photo fails before torch is imported
