@@ -81,7 +81,6 @@ RESULT_KEYS = (
 ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents",
                  "armature_weights", "armature_axes")
 
-DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
 LANDMARK_IMAGE_MAX_HEIGHT = 1024
 
 Progress = Callable[[str, float], None]
@@ -91,28 +90,6 @@ def _cancelled_error():
     from core.errors import Cancelled
 
     return Cancelled("Reconstruction cancelled.", "")
-
-
-def _check_request(request: dict) -> dict:
-    from core.errors import InputError
-
-    if not isinstance(request, dict):
-        raise InputError("The backend request is not a JSON object.", "Send one JSON object on stdin.")
-    for key in ("photo", "output"):
-        if not request.get(key):
-            raise InputError(f"The backend request has no '{key}'.", "Name the photo and the output file.")
-    req = {"model": "default", "method": "vrn", "device": "auto", "subject_height": 1.70, "smoothing": 10,
-           "face_budget": None, "rig": False, "rig_model": "default", **request}
-    device = str(req["device"]).lower()
-    if device not in DEVICES:
-        raise InputError(f"Unknown device {req['device']!r}.", "Use auto, gpu or cpu.")
-    req["device"] = DEVICES[device]
-    req["subject_height"] = float(req["subject_height"])
-    req["smoothing"] = int(req["smoothing"])
-    fb = req.get("face_budget")
-    req["face_budget"] = int(fb) if fb else None
-    req["rig"] = bool(req["rig"])
-    return req
 
 
 # Methods whose "model" is one checkpoint of that same method: the warm backend keeps those loaded. Other
@@ -333,8 +310,9 @@ def warm_up(request: dict) -> None:
     """Import the heavy libraries, start the person detector and load the request's model (the warm
     backend's "warmup" op), so the first reconstruction costs what every later one does."""
     from core.detect import detect_person
+    from core.validate import validate_request
 
-    req = _check_request({"photo": "-", "output": "-", **request})
+    req = validate_request({"photo": "-", "output": "-", **request})
     loaded_model(req["model"], req["method"], req.get("model_dirs") or [], req["device"])
     try:
         detect_person(np.full((64, 64, 3), 127, np.uint8))
