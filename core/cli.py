@@ -20,6 +20,12 @@ from core.errors import ArgumentError, run_command
 from core.validate import Parser
 
 SUFFIXES = (".glb", ".obj", ".ply")
+DEFAULT_METHOD = "fit"  # the best measured on photos (docs/RESULTS.md)
+
+
+def params_path(out: Path) -> Path:
+    """Where a fit's parameters go: beside the mesh, named from its whole name (body.glb -> body.glb.fit.json)."""
+    return out.with_name(out.name + ".fit.json")
 
 
 def _progress_bar():
@@ -60,7 +66,11 @@ def _outputs(args, default_output_path) -> tuple[Path, Path | None]:
         if preview.suffix.lower() not in IMAGE_SUFFIXES:
             raise ArgumentError(f"Cannot write the preview {preview.name}: unknown image format.",
                                 f"Use one of {', '.join(IMAGE_SUFFIXES)}.")
-    outs = [out] + ([preview] if preview else [])
+    if args.no_refine and not args.init:
+        raise ArgumentError("--no-refine needs --init PARAMS.json.", "Give the parameters to take as they are.")
+    if args.init and args.method != "fit":
+        raise ArgumentError(f"--init is for --method fit, not {args.method}.", "Add --method fit.")
+    outs = [out] + ([preview] if preview else []) + ([params_path(out)] if args.method == "fit" else [])
     outputs_apart(outs, [args.photo])
     for path in outs:
         writable_folder(path.parent)
@@ -75,7 +85,8 @@ def cmd_reconstruct(args) -> int:
     out, preview = _outputs(args, default_output_path)
     result = reconstruct(args.photo, model=args.model, method=args.method, device=args.device,
                          subject_height=args.height, smoothing=args.smoothing, face_budget=args.faces,
-                         rig=args.rig, rig_model=args.rig_model, progress=None if args.quiet else _progress_bar())
+                         rig=args.rig, rig_model=args.rig_model, init=args.init, refine=not args.no_refine,
+                         progress=None if args.quiet else _progress_bar())
     if result.rig is not None and out.suffix.lower() != ".glb":
         result.warnings.append(f"{out.suffix} files cannot carry the rig; write a .glb to keep it.")
     for warning in result.warnings:
@@ -90,7 +101,10 @@ def cmd_reconstruct(args) -> int:
                                  mask=result.mask, crop_box=result.crop_box, volume=result.volume)
         files[preview] = image_bytes(picture, preview.suffix)
         written["preview"] = str(preview)
-    outputs_apart(files, [args.photo])
+    if result.fit_params is not None:
+        files[params_path(out)] = json.dumps(result.fit_params, indent=1)
+        written["params"] = str(params_path(out))
+    outputs_apart(files, [args.photo] + ([args.init] if args.init else []))
     write_files(files)  # the mesh, its side files and the preview: all or nothing
     extent = result.mesh.bounds[1] - result.mesh.bounds[0]
     summary = {**written, "model": result.model_name, "vertices": len(result.mesh.vertices),
@@ -101,7 +115,7 @@ def cmd_reconstruct(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        for key in ("mesh", "preview"):
+        for key in ("mesh", "preview", "params"):
             if key in summary:
                 print(f"{key}: {summary[key]}")
         print(f"model: {summary['model']}  vertices: {summary['vertices']}  faces: {summary['faces']}  "
@@ -147,12 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("photo", help="JPEG/PNG/WebP photo of one person, whole body visible")
     rec.add_argument("-o", "--output", help="OUT.glb | OUT.obj | OUT.ply (default: beside the photo, .glb)")
     rec.add_argument("--model", default="default", help="model name in models/ or a path (default: shipped)")
-    rec.add_argument("--method", default="vrn", choices=["vrn", "hmnet"],
-                     help="vrn: detailed surface (volumetric regression); hmnet: Anny's body, rigged")
+    rec.add_argument("--method", default=DEFAULT_METHOD, choices=["fit", "vrn", "hmnet"],
+                     help="fit (default): Anny's body fitted to the photo's landmarks and mask, rigged; "
+                          "vrn: detailed surface (volumetric regression); hmnet: Anny's body as the network "
+                          "regresses it, rigged")
+    rec.add_argument("--init", metavar="PARAMS.json", default=None,
+                     help="fit: start from these fitted parameters (written as OUT.fit.json by a fit)")
+    rec.add_argument("--no-refine", action="store_true",
+                     help="fit with --init: take the parameters as they are (no optimisation)")
     rec.add_argument("--rig", action="store_true",
-                     help="vrn: rig the surface from a HumanMeshNet body (hmnet is always rigged); "
+                     help="vrn: rig the surface from the fitted body (fit and hmnet are always rigged); "
                           "the .glb then carries the armature and skin weights")
-    rec.add_argument("--rig-model", default="default", help="HumanMeshNet model used by --rig (default: shipped)")
+    rec.add_argument("--rig-model", default="default",
+                     help="HumanMeshNet model that starts the fit for --rig (default: shipped)")
     rec.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rec.add_argument("--height", type=float, default=1.70, help="subject height in metres (default 1.70)")
     rec.add_argument("--smoothing", type=int, default=10, help="surface smoothing iterations (0 = none)")

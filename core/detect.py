@@ -29,12 +29,13 @@ _POSE = None
 class Detection:
     """landmarks33 (33, 4): x_px, y_px, z (mediapipe's depth relative to the hips, in the same pixels as x),
     visibility. landmarks16 (16, 3): MPII order, see core.landmarks. mask: float32 (H, W) in [0, 1],
-    only the chosen person. All in source pixels."""
+    only the chosen person. All in source pixels but world33 (mediapipe's metric 3D pose)."""
 
     landmarks33: np.ndarray
     landmarks16: np.ndarray
     mask: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    world33: np.ndarray | None = None  # (33, 3) metres, hip-centred, x right, y down, z away from the camera
 
 
 def detect_person(rgb: np.ndarray, name: str = "the photo") -> Detection:
@@ -60,7 +61,10 @@ def detect_person(rgb: np.ndarray, name: str = "the photo") -> Detection:
     mask = small_mask if small.shape == rgb.shape else cv2.resize(small_mask, (src_w, src_h),
                                                                    interpolation=cv2.INTER_LINEAR)
     warnings += _framing_warnings(lm33, src_w, src_h)
-    return Detection(lm33, mpii16_from_mediapipe(lm33), np.clip(mask, 0.0, 1.0), warnings)
+    world = None
+    if result.pose_world_landmarks is not None:
+        world = np.array([(p.x, p.y, p.z) for p in result.pose_world_landmarks.landmark], dtype=np.float32)
+    return Detection(lm33, mpii16_from_mediapipe(lm33), np.clip(mask, 0.0, 1.0), warnings, world)
 
 
 def _pose():

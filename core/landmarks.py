@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.correspondence import COCO17_TO_MEDIAPIPE
+
 MPII16_NAMES = (
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
     "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
@@ -34,8 +36,6 @@ _MP = dict(nose=0, l_ear=7, r_ear=8, l_shoulder=11, r_shoulder=12, l_elbow=13, r
            l_wrist=15, r_wrist=16, l_hip=23, r_hip=24, l_knee=25, r_knee=26, l_ankle=27, r_ankle=28)
 _DIRECT = {name: _MP[name] for name in MPII16_NAMES if name in _MP}
 
-# COCO-17 keypoint k is mediapipe landmark _COCO17_TO_MP[k] (nose, eyes, ears, shoulders, ... ankles).
-_COCO17_TO_MP = np.array([0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28])
 
 
 def mpii16_from_mediapipe(lm33: np.ndarray) -> np.ndarray:
@@ -74,8 +74,8 @@ def mpii16_from_coco17(kp17: np.ndarray) -> np.ndarray:
     if kp17.ndim != 2 or kp17.shape[0] != 17 or kp17.shape[1] not in (2, 3):
         raise ValueError(f"COCO keypoints must be (17, 2) or (17, 3); got {kp17.shape}")
     lm33 = np.full((33, 4), np.nan)
-    lm33[_COCO17_TO_MP, :2] = kp17[:, :2]
-    lm33[_COCO17_TO_MP, 3] = kp17[:, 2] if kp17.shape[1] == 3 else 1.0
+    lm33[COCO17_TO_MEDIAPIPE, :2] = kp17[:, :2]
+    lm33[COCO17_TO_MEDIAPIPE, 3] = kp17[:, 2] if kp17.shape[1] == 3 else 1.0
     return mpii16_from_mediapipe(lm33)
 
 

@@ -37,13 +37,17 @@ from core.image_io import load_image
 from core.rig import Rig, rig_for_body, transfer_skin_weights
 from core.surface import extract_surface, surface_to_metric
 
-DEFAULT_MODELS = {"vrn": "vrn-default", "hmnet": "hmnet-default"}
+DEFAULT_MODELS = {"vrn": "vrn-default", "hmnet": "hmnet-default", "fit": "hmnet-default"}
+# The network each method runs ("fit" runs HumanMeshNet as its initialiser, as SPIN does).
+NETWORK_METHOD = {"vrn": "vrn", "hmnet": "hmnet", "fit": "hmnet"}
+NO_MODEL = ("none", "rest")  # model names that mean "fit from Anny's rest pose, no network"
+FIT_VOLUME = (128, 128, 128)  # the fit's frame when no initialiser network gives one
 MAX_TEXTURE_SIDE = 2048
 ICP_POINTS = 2000  # body vertices used to align the HMNet body to a VRN surface
 
 # (stage, fraction of the work done when the stage starts): used for progress bars.
 STAGES = (("load", 0.0), ("model", 0.05), ("detect", 0.15), ("crop", 0.35), ("encode", 0.4),
-          ("network", 0.45), ("surface", 0.75), ("frame", 0.85), ("rig", 0.9))
+          ("network", 0.45), ("fit", 0.5), ("surface", 0.75), ("frame", 0.85), ("rig", 0.9))
 
 Progress = Callable[[str, float], None]
 
@@ -66,7 +70,8 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     method: str = "vrn"
     joints: np.ndarray | None = None  # (J, 3) metres: HMNet's joints (the rig's bone heads)
-    rig: Rig | None = None  # armature and skin weights on `mesh` (HMNet always; VRN with rig=True)
+    rig: Rig | None = None  # armature and skin weights on `mesh` (HMNet and fit always; VRN with rig=True)
+    fit_params: dict | None = None  # the fitted body's parameters (method "fit"; JSON, read back by init=)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -119,8 +124,13 @@ def _resolve_model(model, method: str, device: torch.device) -> LoadedModel:
     if model in (None, "default", ""):
         model = DEFAULT_MODELS[method]
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=str(device))
-    got = getattr(loaded.network, "method", method)
-    if got != method:
+    want = NETWORK_METHOD[method]
+    got = getattr(loaded.network, "method", want)
+    if got != want and method == "fit":
+        raise ModelError(f"Model {loaded.name!r} is a {got} model; the fit starts from a HumanMeshNet model.",
+                         f"Give an hmnet model, or 'none' to start from Anny's rest pose (default: "
+                         f"{DEFAULT_MODELS['fit']}).")
+    if got != want:
         raise ModelError(f"Model {loaded.name!r} is a {got} model, not a {method} model.",
                          f"Use --method {got}, or give a {method} model (default: {DEFAULT_MODELS[method]}).")
     return loaded
@@ -219,15 +229,63 @@ def fit_body_rig(surface: trimesh.Trimesh, body_vertices: np.ndarray, body_joint
     return dataclasses.replace(body_rig, skin_index=index, skin_weight=weight)
 
 
+def fit_person(rgb: np.ndarray, det: Detection, initialiser: LoadedModel | None, device: torch.device,
+               init=None, refine: bool = True, cancel: threading.Event | None = None):
+    """The fitted body of the detected person: (FitResult, crop box, volume shape) in the initialiser's crop
+    frame. It starts from `init` (FitParams or a path to their JSON) when given, else from the HumanMeshNet
+    prediction of `initialiser`, else from Anny's rest pose."""
+    from core.bodyfit import FitParams, evidence_from_detection, fit_body, initial_params, pose_from_body, read_params
+
+    if initialiser is not None:
+        box, crop_rgb, crop_mask, crop_lm = _crop_inputs(rgb, det, initialiser)
+        shape = tuple(initialiser.config.volume_shape)
+    else:
+        box, shape = crop_box_from_mask(det.mask, aspect_wh=1.0), FIT_VOLUME
+    evidence = evidence_from_detection(det, box, shape)
+    if init is not None:
+        start = init if isinstance(init, FitParams) else read_params(init)
+    elif initialiser is not None:
+        verts_vox, _ = predict_body(initialiser, crop_rgb, crop_mask, crop_lm, device)
+        pose, rotation = pose_from_body(verts_vox)
+        start = initial_params(evidence, _body_model(), pose=pose, global_rotation=rotation)
+    else:
+        start = None
+    return fit_body(evidence, init=start, cancel=cancel, refine=refine), box, shape
+
+
+def _body_model():
+    from core.body_model import load_body_model
+
+    return load_body_model()
+
+
+def fit_to_metric(fitted, subject_height: float) -> np.ndarray:
+    """4x4 volume frame -> metric frame for a fitted body: scaled so that its REST pose is `subject_height`
+    tall (a crouching person is not squashed to it), lowest point on z = 0, centred on x = y = 0."""
+    from core.frame import VOX_TO_METRIC_AXES
+
+    rest_height = float(np.ptp(fitted.rest_vertices[:, 2]))
+    k = subject_height / rest_height / fitted.params.scale
+    T = np.eye(4)
+    T[:3, :3] = k * VOX_TO_METRIC_AXES
+    pts = apply_transform(fitted.vertices, T)
+    lo, hi = pts.min(0), pts.max(0)
+    T[:3, 3] = -np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+    return T
+
+
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
-                rig: bool = False, rig_model="default",
+                rig: bool = False, rig_model="default", init=None, refine: bool = True,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
     """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame.
 
-    method "vrn" (detailed surface) or "hmnet" (Anny's body, always rigged). `rig=True` rigs a VRN surface
-    with the HMNet model `rig_model`; when the default one is missing the surface comes unrigged, with a
-    warning (a named one that is missing is an error)."""
+    method "vrn" (detailed surface), "hmnet" (Anny's body, always rigged) or "fit" (Anny's body fitted to the
+    photo's landmarks and mask, starting from the HMNet model `model`, or from Anny's rest pose with
+    model="none"; `init` = fitted parameters (FitParams or their JSON path) to start from instead, and
+    refine=False takes them as they are). `rig=True` rigs a VRN surface from the fitted body (the HMNet model
+    `rig_model` initialises it; when the default one is missing the surface comes unrigged, with a warning; a
+    named one that is missing is an error)."""
     from core.validate import reconstruct_options
 
     reconstruct_options(subject_height, smoothing, face_budget)  # ArgumentError naming the bad one
@@ -238,7 +296,10 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     torch_device = pick_device(device)
 
     stage("model")
-    loaded = _resolve_model(model, method, torch_device)
+    if method == "fit" and (init is not None or model in NO_MODEL):
+        loaded = None  # no network: the fit starts from given parameters or from the rest pose
+    else:
+        loaded = _resolve_model(model, method, torch_device)
     rigger, warnings = None, []
     if rig and method == "vrn":
         try:
@@ -247,10 +308,12 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
             if rig_model not in (None, "", "default"):
                 raise
             warnings.append(f"Not rigged: {err.problem} {err.fix}")  # the mesh is still worth having
-    d, h, w = shape = tuple(loaded.config.volume_shape)
-
     stage("detect")
     det = detect_person(rgb)
+    if method == "fit":
+        return _reconstruct_fit(rgb, det, loaded, torch_device, subject_height, init, refine, stage, warnings,
+                                cancel)
+    d, h, w = shape = tuple(loaded.config.volume_shape)
 
     stage("crop")
     box, crop_rgb, crop_mask, crop_landmarks = _crop_inputs(rgb, det, loaded)
@@ -284,9 +347,16 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
         joints = None
         if rigger is not None:
             stage("rig")
-            r_box, r_rgb, r_mask, r_lm = _crop_inputs(rgb, det, rigger)
-            body_vox, body_joints_vox = predict_body(rigger, r_rgb, r_mask, r_lm, torch_device)
-            r_shape = tuple(rigger.config.volume_shape)
+            try:  # the fitted body is the rig's source; HumanMeshNet's own body only when the fit cannot run
+                fitted, r_box, r_shape = fit_person(rgb, det, rigger, torch_device, cancel=cancel)
+                body_vox, body_joints_vox = fitted.vertices, fitted.heads
+            except Cancelled:
+                raise
+            except MonohumanError as err:
+                warnings.append(f"Rigged from HumanMeshNet's body: the fit could not run ({err.problem})")
+                r_box, r_rgb, r_mask, r_lm = _crop_inputs(rgb, det, rigger)
+                body_vox, body_joints_vox = predict_body(rigger, r_rgb, r_mask, r_lm, torch_device)
+                r_shape = tuple(rigger.config.volume_shape)
             to_metric = lambda p: apply_transform(_between_volumes(p, r_box, r_shape, box, shape), vox_to_metric)  # noqa: E731
             body_rig = fit_body_rig(mesh, to_metric(body_vox), to_metric(body_joints_vox))
             joints = body_rig.heads
@@ -298,6 +368,30 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
                   landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
                   model_name=name, timings=stage.finish(), warnings=warnings + list(det.warnings), method=method,
                   joints=joints, rig=body_rig)
+
+
+def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, stage, warnings, cancel) -> Result:
+    from core.template import load_template
+
+    stage("fit")
+    fitted, box, shape = fit_person(rgb, det, loaded, device, init=init, refine=refine, cancel=cancel)
+    stage("frame")
+    vox_to_metric = fit_to_metric(fitted, subject_height)
+    mesh = trimesh.Trimesh(apply_transform(fitted.vertices, vox_to_metric), load_template().faces, process=False)
+    joints = apply_transform(fitted.heads, vox_to_metric)
+    stage("rig")
+    body_rig = rig_for_body(mesh.vertices, joints)
+    uv = _front_uv(fitted.vertices, box, tuple(shape[1:]), rgb.shape[:2])
+    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
+    if fitted.guessed:
+        warnings.append(f"Not in the photo, so guessed (neutral pose): {', '.join(fitted.guessed)}.")
+    name = "fit" + ("" if loaded is None else f" (from {loaded.name})")
+    timings = stage.finish()
+    timings.update(fitted.timings)
+    return Result(mesh=mesh, uv=uv, image=rgb, volume=None, landmarks16=det.landmarks16,
+                  landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
+                  model_name=name, timings=timings, warnings=warnings + list(det.warnings), method="fit",
+                  joints=joints, rig=body_rig, fit_params=fitted.params.to_json())
 
 
 def default_output_path(photo: str | Path, suffix: str = ".glb") -> Path:

@@ -1,0 +1,439 @@
+"""The fitted body: Anny's pose, phenotype and a camera optimised until the body agrees with what the
+detector saw in the photo (SMPLify / SPIN's idea, for Anny, with priors built by this project).
+
+Evidence (`Evidence`, all in the volume frame of the crop, see docs/ARCHITECTURE.md): mediapipe's 33 pose
+landmarks (x, y, visibility), its metric world landmarks (bone directions only, so scale and placement do
+not matter), and the person mask. The camera is orthographic (the volume frame's own projection):
+``vox = scale * A (R_global (v - root)) + (tx, ty, D/2)`` with A the Anny -> volume axis change.
+
+Energy (`loss_terms`), each term normalised so weights are comparable:
+
+* ``keypoints``: Geman-McClure robust 2D distance (in crop heights) of the corresponding Anny points
+  (`core.correspondence`), weighted by visibility and the correspondence's weight;
+* ``directions``: 1 - cosine between the body's and the world landmarks' bone directions;
+* ``silhouette``: both ways with a distance transform: body points outside the mask (their distance to it)
+  and mask pixels far from every body point;
+* priors: the pose mixture (-log density, best component), joint limits, anny's phenotype distribution,
+  and a weak pull towards the initialiser.
+
+Schedule (`STAGES`): camera and global orientation, then body pose, then shape with everything; Adam, each
+stage stopping early when the energy stops falling. Front/back: when the shoulders are close in 2D both
+orientations are fitted through the pose stage and the lower energy wins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.body_model import FIT_BONES, PHENOTYPE_KEYS, BodyModel, load_body_model, rotvec_to_matrix
+from core.correspondence import DIRECTION_PAIRS, REGIONS, TORSO
+from core.errors import MonohumanError
+from core.frame import VOX_TO_METRIC_AXES
+
+ANNY_TO_VOX = torch.as_tensor(VOX_TO_METRIC_AXES.T.copy())
+SILHOUETTE_POINTS = 600  # body vertices projected for the silhouette terms
+MASK_POINTS = 400        # mask pixels that must be near the body
+GM_SIGMA = 0.03          # Geman-McClure scale, in crop heights
+VISIBLE = 0.5            # landmarks below this visibility count as guessed
+PARAMS_FORMAT = "monohuman-fit-params"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    lr: float
+    free: tuple  # which parameter groups move
+    weights: dict
+
+
+STAGES = (
+    Stage("camera", 60, 0.05, ("camera", "global"),
+          dict(keypoints=1.0, torso_only=1.0, directions=0.2, silhouette=0.0)),
+    Stage("pose", 120, 0.03, ("camera", "global", "pose"),
+          dict(keypoints=1.0, directions=0.3, silhouette=0.3)),
+    Stage("shape", 80, 0.02, ("camera", "global", "pose", "shape"),
+          dict(keypoints=1.0, directions=0.3, silhouette=1.0, shape=1.0)),
+)
+PRIOR_WEIGHTS = dict(pose_prior=2e-4, limits=1.0, shape_prior=2e-3, init=2e-3)
+
+
+@dataclass
+class Evidence:
+    """What the photo says, in the volume frame of the crop (x right, y down, pixels of the H x W volume)."""
+
+    points: np.ndarray        # (33, 2) mediapipe landmarks
+    visibility: np.ndarray    # (33,)
+    world: np.ndarray | None  # (33, 3) mediapipe world landmarks (metres, x right, y down, z away) or None
+    mask: np.ndarray          # (H, W) person probability
+    volume_shape: tuple       # (D, H, W)
+
+
+@dataclass
+class FitParams:
+    """Everything that defines a fitted body (written as JSON beside the mesh, read back by --init)."""
+
+    phenotype: np.ndarray                  # (6,) PHENOTYPE_KEYS, in [0, 1]
+    pose: np.ndarray                       # (len(FIT_BONES), 3) local-ref axis-angles, radians
+    global_rotation: np.ndarray            # (3,) axis-angle, Anny frame -> camera-facing volume axes
+    scale: float                           # volume pixels per Anny metre
+    translation: np.ndarray                # (2,) tx, ty in volume pixels
+
+    def to_json(self) -> dict:
+        return {"format": PARAMS_FORMAT, "format_version": 1,
+                "phenotype": {k: float(v) for k, v in zip(PHENOTYPE_KEYS, self.phenotype)},
+                "pose": {b: [float(x) for x in r] for b, r in zip(FIT_BONES, self.pose)},
+                "camera": {"global_rotation": [float(x) for x in self.global_rotation], "scale": float(self.scale),
+                           "translation": [float(x) for x in self.translation]}}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "FitParams":
+        try:
+            if doc.get("format") != PARAMS_FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, not {PARAMS_FORMAT!r}")
+            ph = np.array([float(doc["phenotype"].get(k, 0.5)) for k in PHENOTYPE_KEYS])
+            pose = np.array([[float(x) for x in doc["pose"].get(b, (0, 0, 0))] for b in FIT_BONES])
+            cam = doc["camera"]
+            out = cls(ph, pose, np.array(cam["global_rotation"], float), float(cam["scale"]),
+                      np.array(cam["translation"], float))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise MonohumanError(f"The fit parameters are not readable ({e}).",
+                                 "Give a file written by `--method fit` (NAME.fit.json), or fix the field named.")
+        if out.pose.shape != (len(FIT_BONES), 3) or out.global_rotation.shape != (3,) or out.translation.shape != (2,):
+            raise MonohumanError("The fit parameters have the wrong sizes.", "Give a file written by `--method fit`.")
+        if not (np.all(np.isfinite(out.pose)) and np.isfinite(out.scale) and out.scale > 0):
+            raise MonohumanError("The fit parameters hold non-finite numbers or a scale <= 0.",
+                                 "Give a file written by `--method fit`.")
+        return out
+
+
+def read_params(path) -> FitParams:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MonohumanError(f"Fit parameters {path} not found.", "Check the path given to --init.") from None
+    except (OSError, ValueError) as e:
+        raise MonohumanError(f"Fit parameters {path} cannot be read ({e}).", "Give a JSON file written by "
+                             "`--method fit`.") from None
+    return FitParams.from_json(doc)
+
+
+@dataclass
+class FitResult:
+    params: FitParams
+    vertices: np.ndarray      # (13718, 3) volume frame
+    heads: np.ndarray         # (104, 3) posed bone heads, volume frame
+    tails: np.ndarray         # (104, 3)
+    rest_vertices: np.ndarray  # (13718, 3) Anny frame, metres (the rest pose of this phenotype)
+    rest_heads: np.ndarray    # (104, 3)
+    transforms: np.ndarray    # (104, 4, 4) Anny frame: rest -> posed, before the camera
+    energy: float
+    history: list = field(default_factory=list)   # (stage, step, energy)
+    timings: dict = field(default_factory=dict)
+    guessed: list = field(default_factory=list)   # body regions the photo did not show
+
+
+# ------------------------------------------------------------------------------------------ the energy
+
+class _Problem:
+    """Fixed data of one fit: evidence as tensors, the vertex subset, the mask samples, the distance map."""
+
+    def __init__(self, body: BodyModel, ev: Evidence, init: FitParams):
+        import cv2
+        from core.template import farthest_point_sample
+
+        self.body, self.ev = body, ev
+        d, h, w = ev.volume_shape
+        self.h = float(h)
+        rest = np.asarray(body.template.rest_vertices, np.float64)
+        sil = farthest_point_sample(rest, SILHOUETTE_POINTS)
+        self.index = np.unique(np.concatenate([body.keypoint_vertices(), sil]))
+        self.sil_rows = torch.as_tensor(np.searchsorted(self.index, sil))
+        self.target = torch.as_tensor(ev.points, dtype=torch.float64)
+        vis = np.clip(np.nan_to_num(ev.visibility), 0, 1)
+        self.vis = torch.as_tensor(np.where(vis >= 0.3, vis, 0.0))
+        self.world = None if ev.world is None else torch.as_tensor(ev.world, dtype=torch.float64)
+        inside = (ev.mask > 0.5).astype(np.uint8)
+        self.has_mask = bool(inside.any())
+        outside_dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3) if self.has_mask else np.zeros_like(ev.mask)
+        self.dist = torch.as_tensor(outside_dist, dtype=torch.float64)[None, None]
+        ys, xs = np.nonzero(inside)
+        pick = np.random.default_rng(0).choice(len(xs), min(MASK_POINTS, len(xs)), replace=False) if len(xs) else []
+        self.mask_pts = torch.as_tensor(np.stack([xs[pick] + 0.5, ys[pick] + 0.5], 1) if len(xs) else
+                                        np.zeros((0, 2)), dtype=torch.float64)
+        self._rest_key, self._rest = None, None
+        self.init = init
+        self.init_pose = torch.as_tensor(init.pose)
+
+    def project(self, pts: torch.Tensor, rot: torch.Tensor, log_scale, trans, root) -> torch.Tensor:
+        """Anny-frame points -> volume frame (x, y, z)."""
+        d = self.ev.volume_shape[0]
+        cam = (ANNY_TO_VOX @ rotvec_to_matrix(rot) @ (pts - root).T).T * torch.exp(log_scale)
+        return cam + torch.cat([trans, torch.tensor([d / 2.0], dtype=trans.dtype)])
+
+    def terms(self, v: dict, weights: dict) -> dict:
+        body = self.body
+        phen = torch.sigmoid(v["phenotype_logit"])
+        if weights.get("shape"):
+            rv, rh = body.rest(phen, self.index)
+        else:  # the phenotype is fixed in this stage: the rest body once
+            key = v["phenotype_logit"].detach().numpy().tobytes()
+            if self._rest_key != key:
+                with torch.no_grad():
+                    self._rest = body.rest(phen, self.index)
+                self._rest_key = key
+            rv, rh = self._rest
+        posed = body.pose(rv, rh, v["pose"], self.index)
+        root = rh[0]
+        pts3, pw = body.mediapipe_points(posed, self.index)
+        proj = self.project(pts3, v["global"], v["log_scale"], v["trans"], root)
+        w = pw * self.vis
+        if weights.get("torso_only"):
+            keep = torch.zeros(33, dtype=w.dtype)
+            keep[[11, 12, 23, 24]] = 1.0
+            w = w * keep
+        out = {}
+        r2 = ((proj[:, :2] - self.target) ** 2).sum(1) / self.h ** 2
+        gm = GM_SIGMA ** 2 * r2 / (GM_SIGMA ** 2 + r2) / GM_SIGMA ** 2
+        out["keypoints"] = (w * gm).sum() / w.sum().clamp_min(1e-6)
+        out["directions"] = self._directions(proj) if self.world is not None else proj.new_zeros(())
+        if weights.get("silhouette", 0) > 0 and self.has_mask:
+            verts = self.project(posed.vertices[self.sil_rows], v["global"], v["log_scale"], v["trans"], root)
+            out["silhouette"] = self._silhouette(verts[:, :2])
+        else:
+            out["silhouette"] = proj.new_zeros(())
+        out["pose_prior"] = body.pose_prior(v["pose"])
+        out["limits"] = body.limit_penalty(v["pose"])
+        out["shape_prior"] = body.shape_prior(phen)
+        out["init"] = ((v["pose"] - self.init_pose) ** 2).sum()
+        return out
+
+    def _directions(self, proj: torch.Tensor) -> torch.Tensor:
+        pairs = list(DIRECTION_PAIRS)
+        a = torch.tensor([p[0] for p in pairs])
+        b = torch.tensor([p[1] for p in pairs])
+        conf = torch.minimum(self.vis[a], self.vis[b])
+
+        def cos(x, y):
+            return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-9)
+
+        c = cos(proj[b] - proj[a], self.world[b] - self.world[a])
+        (h1, h2), (s1, s2) = TORSO
+        torso_m = (proj[s1] + proj[s2] - proj[h1] - proj[h2]) / 2
+        torso_w = (self.world[s1] + self.world[s2] - self.world[h1] - self.world[h2]) / 2
+        tc = torch.minimum(torch.minimum(self.vis[h1], self.vis[h2]), torch.minimum(self.vis[s1], self.vis[s2]))
+        num = (conf * (1 - c)).sum() + tc * (1 - cos(torso_m, torso_w))
+        return num / (conf.sum() + tc).clamp_min(1e-6)
+
+    def _silhouette(self, xy: torch.Tensor) -> torch.Tensor:
+        d, h, w = self.ev.volume_shape
+        grid = torch.stack([xy[:, 0] / w * 2 - 1, xy[:, 1] / h * 2 - 1], -1)[None, None]
+        outside = torch.nn.functional.grid_sample(self.dist, grid, align_corners=False, padding_mode="border")
+        a = outside.mean() / self.h
+        if len(self.mask_pts):
+            near = torch.cdist(self.mask_pts, xy).min(1).values
+            b = torch.clamp(near / self.h, max=0.1).mean()
+        else:
+            b = xy.new_zeros(())
+        return (a + b) * 10.0
+
+
+def _energy(terms: dict, weights: dict) -> torch.Tensor:
+    e = sum(weights.get(k, 0.0) * terms[k] for k in ("keypoints", "directions", "silhouette"))
+    return e + sum(PRIOR_WEIGHTS[k] * terms[k] for k in PRIOR_WEIGHTS)
+
+
+# ---------------------------------------------------------------------------------------- the fit
+
+def _variables(p: FitParams) -> dict:
+    phen = np.clip(p.phenotype, 1e-3, 1 - 1e-3)
+    t = lambda a: torch.tensor(np.asarray(a, np.float64), requires_grad=True)  # noqa: E731
+    return {"phenotype_logit": t(np.log(phen / (1 - phen))), "pose": t(p.pose), "global": t(p.global_rotation),
+            "log_scale": t(np.log(p.scale)), "trans": t(p.translation)}
+
+
+def _params(v: dict) -> FitParams:
+    g = lambda k: v[k].detach().numpy().copy()  # noqa: E731
+    return FitParams(1 / (1 + np.exp(-g("phenotype_logit"))), g("pose"), g("global"), float(np.exp(g("log_scale"))),
+                     g("trans"))
+
+
+GROUPS = {"camera": ("log_scale", "trans"), "global": ("global",), "pose": ("pose",), "shape": ("phenotype_logit",)}
+
+
+def _run_stage(problem: _Problem, v: dict, stage: Stage, history: list, patience: int = 12,
+               tol: float = 1e-4, cancel=None) -> float:
+    names = [k for g in stage.free for k in GROUPS[g]]
+    free = [v[k] for k in names]
+    opt = torch.optim.Adam(free, lr=stage.lr)
+    best, since = float("inf"), 0
+    for step in range(stage.steps):
+        if cancel is not None and cancel.is_set():
+            from core.errors import Cancelled
+
+            raise Cancelled("Reconstruction cancelled.", "")
+        opt.zero_grad()
+        e = _energy(problem.terms(v, stage.weights), stage.weights)
+        e.backward()
+        for k in v:
+            if k not in names:
+                v[k].grad = None
+        opt.step()
+        value = float(e.detach())
+        history.append((stage.name, step, value))
+        if value < best * (1 - tol):
+            best, since = value, 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    with torch.no_grad():
+        return float(_energy(problem.terms(v, stage.weights), stage.weights))
+
+
+def initial_params(ev: Evidence, body: BodyModel, pose: np.ndarray | None = None,
+                   global_rotation: np.ndarray | None = None, phenotype: np.ndarray | None = None) -> FitParams:
+    """A starting point: the given (or rest) pose and orientation, the camera that best puts the body's
+    visible keypoints onto the detected ones (least squares on scale and translation)."""
+    ph = np.full(6, 0.5) if phenotype is None else np.asarray(phenotype, float)
+    pose = np.zeros((len(FIT_BONES), 3)) if pose is None else np.asarray(pose, float)
+    rot = np.zeros(3) if global_rotation is None else np.asarray(global_rotation, float)
+    with torch.no_grad():
+        rv, rh = body.rest(torch.as_tensor(ph))
+        posed = body.pose(rv, rh, torch.as_tensor(pose))
+        pts, w = body.mediapipe_points(posed, np.arange(body.n_vertices))
+        cam = (ANNY_TO_VOX @ rotvec_to_matrix(torch.as_tensor(rot)) @ (pts - rh[0]).T).T.numpy()
+    wt = w.numpy() * (np.nan_to_num(ev.visibility) >= VISIBLE)
+    if wt.sum() < 2 or np.ptp(ev.points[wt > 0, 1]) < 1e-3:
+        raise MonohumanError("Too few body landmarks are visible to fit a body.",
+                             "Use a photo where at least the head and shoulders are clearly visible.")
+    src, dst = cam[wt > 0, :2], ev.points[wt > 0]
+    ws = wt[wt > 0][:, None]
+    ms, md = (ws * src).sum(0) / ws.sum(), (ws * dst).sum(0) / ws.sum()
+    scale = float((ws * (src - ms) * (dst - md)).sum() / max((ws * (src - ms) ** 2).sum(), 1e-9))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(ev.volume_shape[1] * 0.85 / 1.7)
+    return FitParams(ph, pose, rot, scale, md - scale * ms)
+
+
+def facing_away(ev: Evidence) -> tuple[bool, bool]:
+    """(is the person's left shoulder on the image's left, i.e. seen from behind; is that unclear)."""
+    ls, rs, lh, rh = ev.points[11], ev.points[12], ev.points[23], ev.points[24]
+    dx = (ls[0] - rs[0]) + 0.5 * (lh[0] - rh[0])
+    torso = np.linalg.norm((ls + rs) / 2 - (lh + rh) / 2)
+    return bool(dx < 0), bool(abs(dx) < 0.35 * max(torso, 1e-6))
+
+
+def fit_body(ev: Evidence, init: FitParams | None = None, body: BodyModel | None = None,
+             stages=STAGES, cancel=None, refine: bool = True) -> FitResult:
+    """Fit Anny to the evidence. `init` (e.g. a HumanMeshNet body's pose, or a previous fit) is the start; with
+    refine=False the init is taken as it is (what `--init` without fitting gives)."""
+    body = body or load_body_model()
+    t0 = time.perf_counter()
+    timings, history = {}, []
+    if init is None:
+        away, unclear = facing_away(ev)
+        flips = [away, not away] if unclear else [away]
+        starts = [initial_params(ev, body, global_rotation=np.array([0, 0, np.pi]) if f else None) for f in flips]
+    else:
+        starts = [init]
+    best = None
+    if refine:
+        for start in starts:
+            problem = _Problem(body, ev, start)
+            v = _variables(start)
+            hist: list = []
+            for stage in stages[:2] if len(starts) > 1 else stages[:0]:
+                _run_stage(problem, v, stage, hist, cancel=cancel)
+            value = float(_energy(problem.terms(v, stages[1].weights), stages[1].weights).detach()) \
+                if len(starts) > 1 else 0.0
+            if best is None or value < best[0]:
+                best = (value, v, problem, hist)
+        _, v, problem, history = best
+        done = {h[0] for h in history}
+        for stage in stages:
+            if stage.name not in done:
+                t = time.perf_counter()
+                _run_stage(problem, v, stage, history, cancel=cancel)
+                timings[f"fit_{stage.name}"] = time.perf_counter() - t
+        params = _params(v)
+        energy = float(_energy(problem.terms(v, stages[-1].weights), stages[-1].weights).detach())
+    else:
+        params, energy = starts[0], float("nan")
+    timings["fit_total"] = time.perf_counter() - t0
+    out = pose_body(params, ev.volume_shape, body)
+    out.energy, out.history, out.timings = energy, history, timings
+    out.guessed = [name for name, idx in REGIONS.items()
+                   if (np.nan_to_num(ev.visibility[list(idx)]) < VISIBLE).all()]
+    return out
+
+
+def pose_body(params: FitParams, volume_shape, body: BodyModel | None = None) -> FitResult:
+    """The full mesh of a parameter set, in the volume frame (and its rest body in the Anny frame)."""
+    body = body or load_body_model()
+    with torch.no_grad():
+        ph = torch.as_tensor(params.phenotype, dtype=torch.float64)
+        rv, rh = body.rest(ph)
+        posed = body.pose(rv, rh, torch.as_tensor(params.pose, dtype=torch.float64))
+        d = volume_shape[0]
+        R = ANNY_TO_VOX @ rotvec_to_matrix(torch.as_tensor(params.global_rotation, dtype=torch.float64))
+        shift = torch.as_tensor([*params.translation, d / 2.0])
+
+        def cam(p):
+            return ((R @ (p - rh[0]).T).T * params.scale + shift).numpy()
+
+        return FitResult(params, cam(posed.vertices), cam(posed.heads), cam(posed.tails), rv.numpy(), rh.numpy(),
+                         posed.transforms.numpy(), float("nan"))
+
+
+def evidence_from_detection(det, box, volume_shape) -> Evidence:
+    """A detection in source pixels -> the evidence in the volume frame of `box`."""
+    from core.crop import crop_image
+
+    d, h, w = volume_shape
+    pts = box.to_crop(det.landmarks33[:, :2], (h, w))
+    mask = crop_image(det.mask, box, (h, w))
+    world = getattr(det, "world33", None)
+    return Evidence(pts.astype(np.float64), det.landmarks33[:, 3].astype(np.float64),
+                    None if world is None else np.asarray(world, np.float64), mask.astype(np.float32),
+                    tuple(volume_shape))
+
+
+def pose_from_body(vertices_vox: np.ndarray, body: BodyModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pose (len(FIT_BONES), 3), global rotation (3,)) that best explain a body in Anny topology (e.g. a
+    HumanMeshNet prediction) in the volume frame: each bone's rotation is the Kabsch rotation of the vertices it
+    mostly drives, rest -> given; local-ref deltas are each bone's rotation relative to its nearest fitted
+    ancestor."""
+    from scipy.spatial.transform import Rotation
+
+    from core.rig import kabsch
+
+    body = body or load_body_model()
+    rest = np.asarray(body.template.rest_vertices, np.float64)
+    v = np.asarray(vertices_vox, np.float64) @ VOX_TO_METRIC_AXES.T  # volume axes -> Anny axes (y flipped in)
+    dom = np.asarray(body.template.skin_index)[np.arange(len(rest)), np.asarray(body.template.skin_weight).argmax(1)]
+    names = body.names
+
+    def world(bone_names):
+        sel = np.flatnonzero(np.isin(dom, [names.index(b) for b in bone_names]))
+        return kabsch(rest[sel], v[sel]) if len(sel) >= 3 else np.eye(3)
+
+    torso = world(["root", "pelvis.L", "pelvis.R", "spine05", "spine04"])
+    rot = {"__root__": torso}
+    pose = np.zeros((len(FIT_BONES), 3))
+    for i, bone in enumerate(FIT_BONES):
+        rot[bone] = world([bone])
+        a = body.parents[names.index(bone)]
+        while a >= 0 and names[a] not in rot:
+            a = body.parents[a]
+        parent = rot[names[a]] if a >= 0 else torso
+        pose[i] = Rotation.from_matrix(parent.T @ rot[bone]).as_rotvec()
+    pose = np.clip(pose, np.asarray(body.limits_lo), np.asarray(body.limits_hi))
+    return pose, Rotation.from_matrix(torso).as_rotvec()
