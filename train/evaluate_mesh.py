@@ -39,15 +39,23 @@ KEYS = ("surface_mm", "joint_mm", "pa_surface_mm", "pa_joint_mm")
 
 def _summarise(name: str, variant: str, rows: list[dict], split: str) -> dict:
     out = {"model": name, "variant": variant, "samples": len(rows), "split": split}
-    for k in KEYS:
+    for k in KEYS + (("iou",) if rows and "iou" in rows[0] else ()):
         out[f"{k}_mean"] = float(np.mean([r[k] for r in rows]))
         out[f"{k}_median"] = float(np.median([r[k] for r in rows]))
     out["per_sample"] = rows
     return out
 
 
+def _iou(path, pred_unit: np.ndarray, volume_shape) -> float:
+    """The predicted body's volume IoU against the sample's (the fit's rule, `train.evaluate_fit`)."""
+    from core.networks.hmnet import from_unit
+    from train.evaluate_fit import volume_agreement
+
+    return volume_agreement(read_sample(path), from_unit(pred_unit, tuple(volume_shape)))
+
+
 def evaluate_mesh_model(model_ref, data_dirs, split: str = "test", limit: int = 0, device: str = "auto",
-                        batch_size: int = 16) -> dict:
+                        batch_size: int = 16, with_iou: bool = True) -> dict:
     torch_device = pick_device(device)
     loaded = load_model(model_ref, device=str(torch_device))
     model = loaded.network.eval()
@@ -64,6 +72,8 @@ def evaluate_mesh_model(model_ref, data_dirs, split: str = "test", limit: int = 
             pred_j = out["surface_joints"].double().cpu()
             for b, j in enumerate(indices[i:i + batch_size]):
                 errors = mesh_errors(pred_v[b], verts[b], pred_j[b], joints[b], 1000.0 / float(unit_per_m[b]))
+                if with_iou:
+                    errors["iou"] = _iou(data.rows[j]["path"], pred_v[b].numpy(), cfg.volume_shape)
                 rows.append({"file": data.rows[j]["file"], **errors})
     return {**_summarise(loaded.name, cfg.variant, rows, split),
             "history": (loaded.meta.get("metrics") or {}).get("history", []),
@@ -91,11 +101,12 @@ def evaluate_mean_body(data_dirs, split: str = "test", limit: int = 0) -> dict:
 
 
 def results_table(summaries: list[dict]) -> str:
-    lines = ["| model | variant | epochs | samples | surface mm | joint mm | PA surface mm | PA joint mm |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | variant | epochs | samples | surface mm | joint mm | PA surface mm | PA joint mm | IoU |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
+        iou = f"{s['iou_mean']:.3f}" if "iou_mean" in s else "-"
         lines.append(f"| {s['model']} | {s['variant']} | {len(s.get('history', [])) or '-'} | {s['samples']} | "
-                     + " | ".join(f"{s[k + '_mean']:.1f}" for k in KEYS) + " |")
+                     + " | ".join(f"{s[k + '_mean']:.1f}" for k in KEYS) + f" | {iou} |")
     return "\n".join(lines)
 
 
@@ -111,7 +122,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-mean-body", action="store_true", help="leave out the mean-body row")
     args = parser.parse_args(argv)
     try:
-        summaries = [evaluate_mesh_model(m, args.data, args.split, args.limit, args.device) for m in args.model]
+        from train.evaluate_fit import evaluate_fit, is_fit_model
+
+        summaries = [evaluate_fit(m, args.data, args.split, args.limit, args.device) if is_fit_model(m) else
+                     evaluate_mesh_model(m, args.data, args.split, args.limit, args.device) for m in args.model]
         if not args.no_mean_body:
             summaries.append(evaluate_mean_body(args.data, args.split, args.limit))
     except MonohumanError as err:

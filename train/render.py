@@ -195,11 +195,14 @@ def render_photo(body, scene_params: dict, dressed: np.ndarray, regions: np.ndar
 
 # ------------------------------------------------------------------------------------- test photo
 
-def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32) -> dict:
+def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32, pose_spec: dict | None = None,
+                        yaw_deg: tuple = (-25, 25)) -> dict:
     """Render a clothed, standing adult Anny person, full body, in a room-like background, to a PNG.
 
+    pose_spec: a `train.poses` spec (default: a lightly perturbed standing pose); yaw_deg: the camera's range
+    around the person (0 = in front, 180 = behind; the lights stay on the camera's side).
     Returns dict(mask=bool (size, size), landmarks16=(16, 3) float32 in image pixels (MPII order,
-    visibility 1), rgb=uint8 image).  Deterministic in `seed`.
+    visibility 1), rgb=uint8 image, body=the posed train.bodies.Body, undressed).  Deterministic in `seed`.
     """
     from core.image_io import save_png
     from core.landmarks import mpii16_from_coco17
@@ -213,7 +216,8 @@ def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32)
     from train import poses
     rest = bodies.rest_skeleton(shape["phenotype"])
     pose = poses.sample_pose(rng, rest, kind="standing", perturb=0.5)
-    verts, heads = bodies._forward(shape["phenotype"], pose["deltas"])
+    deltas = pose["deltas"] if pose_spec is None else poses.spec_to_deltas(pose_spec, rest)
+    verts, heads = bodies._forward(shape["phenotype"], deltas)
     st = bodies._static()
     verts = verts - np.array([heads[0, 0], heads[0, 1], verts[:, 2].min()])
     coco = st["kp_weights"] @ verts
@@ -222,7 +226,7 @@ def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32)
                        landmarks16=bodies.landmarks16_3d(coco), rest_vertices=rest["__vertices__"],
                        params=dict(shape))
     from train.scene import clothing_regions, dress, sample_appearance, sample_lights, sample_camera
-    cfg = SceneConfig(yaw_deg=(-25, 25), elevation_deg=(0, 12), focal_mm=(40, 60), roll_deg=(0, 0),
+    cfg = SceneConfig(yaw_deg=tuple(yaw_deg), elevation_deg=(0, 12), focal_mm=(40, 60), roll_deg=(0, 0),
                       fill=(0.8, 0.85), offset=(-0.2, 0.2), canvas_margin=1.0, n_lights=(2, 2),
                       light_kinds=("area",), area_power=(120, 200), light_elevation_deg=(25, 50),
                       temperature_k=(4500, 6500), world=("colour",), world_strength=(0.35, 0.45),
@@ -234,10 +238,11 @@ def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32)
     cam = sample_camera(rng, dressed, cfg, (size, size))
     lights = sample_lights(rng, dressed, cfg)
     lights["world"]["colour"] = [0.9, 0.9, 0.9]
-    # lights in front of the person (camera side)
+    # lights on the camera's side of the person
+    side = -1.0 if np.cos(np.radians(np.mean(yaw_deg))) >= 0 else 1.0
     for lp in lights["lights"]:
         p = np.asarray(lp["position"])
-        p[1] = -abs(p[1]) - 1.0
+        p[1] = side * (abs(p[1]) + 1.0)
         lp["position"] = p.tolist()
     bg = dict(kind="room", colour=[0.78, 0.74, 0.68], colour2=[0.55, 0.42, 0.3], angle_deg=0.0,
               scale=10.0, horizon=0.72, pick=0.0, seed=int(seed))
@@ -247,4 +252,4 @@ def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32)
     uv, _ = project(coco, cam)
     lm16 = mpii16_from_coco17(np.concatenate([uv, np.ones((17, 1))], axis=1)).astype(np.float32)
     save_png(path, out["rgb"])
-    return dict(mask=out["mask"], landmarks16=lm16, rgb=out["rgb"], params=params)
+    return dict(mask=out["mask"], landmarks16=lm16, rgb=out["rgb"], params=params, body=body)

@@ -1,0 +1,181 @@
+"""The fitted body (`--method fit`): real Blender renders made here, real mediapipe, the shipped body model.
+
+Tolerances from what was measured (docs/RESULTS.md): the posed 256 px render below fits with a mean vertex
+error of 86 mm after Procrustes (HumanMeshNet alone: 220 mm); depth along the line of sight is the weak part.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# An arm raised sideways and a knee bent forward: a pose HumanMeshNet's generic standing body does not have.
+POSE = dict(arm_l=dict(abd=150.0, fwd=10.0, twist=0.0, elbow=10.0, wrist=[0.0, 0.0, 0.0]),
+            arm_r=dict(abd=10.0, fwd=5.0, twist=0.0, elbow=20.0, wrist=[0.0, 0.0, 0.0]),
+            leg_l=dict(abd=3.0, fwd=0.0, twist=0.0, knee=3.0, ankle=[0.0, 0.0, 0.0]),
+            leg_r=dict(abd=3.0, fwd=45.0, twist=0.0, knee=70.0, ankle=[0.0, 0.0, 0.0]),
+            spine=[0.0, 0.0, 0.0], neck=[0.0, 0.0, 0.0], root=[0.0, 0.0, 0.0])
+
+
+def _render(tmp_path_factory, name, yaw):
+    from train.render import render_person_photo
+
+    path = tmp_path_factory.mktemp(name) / f"{name}.png"
+    info = render_person_photo(path, size=256, seed=7, samples=16, pose_spec=POSE, yaw_deg=(yaw, yaw))
+    return {"path": path, **info}
+
+
+@pytest.fixture(scope="module")
+def posed_front(tmp_path_factory):
+    return _render(tmp_path_factory, "posed_front", 0.0)
+
+
+@pytest.fixture(scope="module")
+def posed_back(tmp_path_factory):
+    return _render(tmp_path_factory, "posed_back", 180.0)
+
+
+def _fit(rgb):
+    import torch
+
+    from core.checkpoint import load_model
+    from core.detect import detect_person
+    from core.reconstruct import fit_person
+
+    det = detect_person(rgb)
+    fitted, _, _ = fit_person(rgb, det, load_model("hmnet-default"), torch.device("cpu"))
+    return fitted
+
+
+def _facing_z(fitted) -> float:
+    """Depth component (volume frame: + away from the camera) of the direction the fitted body faces."""
+    from core.body_model import rotvec_to_matrix
+    from core.bodyfit import ANNY_TO_VOX
+
+    import torch
+
+    R = ANNY_TO_VOX @ rotvec_to_matrix(torch.as_tensor(fitted.params.global_rotation))
+    return float((R @ torch.tensor([0.0, -1.0, 0.0], dtype=R.dtype))[2])
+
+
+def test_fit_matches_a_known_pose(posed_front):
+    from train.metrics_mesh import procrustes_align
+
+    fitted = _fit(posed_front["rgb"])
+    truth = posed_front["body"]
+    aligned = procrustes_align(fitted.vertices, truth.vertices)
+    err = np.linalg.norm(aligned - truth.vertices, axis=1)
+    assert err.mean() < 0.11, f"mean vertex error after Procrustes {err.mean() * 1000:.0f} mm"
+    names = list(truth.joint_names)
+    heads = procrustes_align(fitted.heads, truth.joints)
+    # The bent knee's depth (thigh 45 degrees towards the camera) is the hardest part: 0.18 m off, measured.
+    for bone, tolerance in (("wrist.L", 0.12), ("wrist.R", 0.12), ("lowerleg01.R", 0.25), ("foot.R", 0.25)):
+        j = names.index(bone)
+        assert np.linalg.norm(heads[j] - truth.joints[j]) < tolerance, bone
+    # the raised arm is up: the left wrist well above the left shoulder, in the body's own up direction
+    up = truth.joints[names.index("neck01")] - truth.joints[names.index("root")]
+    lift = (heads[names.index("wrist.L")] - heads[names.index("upperarm01.L")]) @ (up / np.linalg.norm(up))
+    assert lift > 0.2
+    assert _facing_z(fitted) < -0.5  # facing the camera
+
+
+def test_body_seen_from_behind_is_not_fitted_facing_the_camera(posed_back):
+    fitted = _fit(posed_back["rgb"])
+    assert _facing_z(fitted) > 0.5
+
+
+def test_prior_keeps_wrists_untwisted_and_joints_within_limits(posed_front):
+    from core.body_model import FIT_BONES, load_body_model
+
+    fitted = _fit(posed_front["rgb"])
+    body = load_body_model()
+    pose = fitted.params.pose
+    lo, hi = np.asarray(body.limits_lo), np.asarray(body.limits_hi)
+    assert np.all(pose >= lo - 1e-3) and np.all(pose <= hi + 1e-3)
+    for side in ("L", "R"):  # no hand landmarks are used: the wrists must stay near the prior's range
+        angle = np.degrees(np.linalg.norm(pose[FIT_BONES.index(f"wrist.{side}")]))
+        assert angle < 45.0, f"wrist.{side} turned {angle:.0f} degrees"
+
+
+def test_half_body_photo_fits_with_a_warning(posed_front):
+    from core.reconstruct import reconstruct
+
+    rgb = np.ascontiguousarray(posed_front["rgb"][: int(0.5 * posed_front["rgb"].shape[0])])
+    result = reconstruct(rgb, method="fit")
+    assert len(result.mesh.vertices) == 13718
+    guessed = [w for w in result.warnings if "guessed" in w]
+    assert guessed and "leg" in guessed[0], result.warnings
+
+
+def test_no_person_is_still_no_person():
+    from core.errors import NoPersonError
+    from core.reconstruct import reconstruct
+
+    with pytest.raises(NoPersonError):
+        reconstruct(np.full((256, 256, 3), 128, np.uint8), method="fit")
+
+
+def test_parameters_reload_to_the_same_mesh(person_photo, tmp_path):
+    from core.cli import main
+
+    out1, out2 = tmp_path / "a.glb", tmp_path / "b.glb"
+    assert main(["reconstruct", str(person_photo), "-o", str(out1), "--method", "fit", "-q"]) == 0
+    params = tmp_path / "a.glb.fit.json"
+    doc = json.loads(params.read_text())
+    assert set(doc["phenotype"]) == {"gender", "age", "muscle", "weight", "height", "proportions"}
+    assert main(["reconstruct", str(person_photo), "-o", str(out2), "--init", str(params), "--no-refine",
+                 "-q"]) == 0
+    import trimesh
+
+    a = trimesh.load(out1, force="mesh", process=False)
+    b = trimesh.load(out2, force="mesh", process=False)
+    assert np.abs(np.asarray(a.vertices) - np.asarray(b.vertices)).max() < 1e-5
+
+
+def test_bad_parameters_file_is_one_clear_error(person_photo, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    proc = subprocess.run([sys.executable, "-m", "core", "reconstruct", str(person_photo), "-o",
+                           str(tmp_path / "x.glb"), "--init", str(bad), "-q"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "MONOHUMAN_DEBUG": ""})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "fit parameters" in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "x.glb").exists()
+
+
+def test_body_model_poses_like_anny():
+    """core.body_model (no anny at run time) against anny itself: a random shape in a random pose."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from core.body_model import FIT_BONES, PHENOTYPE_KEYS, load_body_model
+    from train import bodies, poses
+
+    body = load_body_model()
+    rng = np.random.default_rng(21)
+    phenotype = {k: float(rng.uniform(0.1, 0.9)) for k in PHENOTYPE_KEYS}
+    rest = {k: v for k, v in bodies.rest_skeleton(phenotype).items() if k != "__vertices__"}
+    pose = poses.sample_pose(rng, rest, kind="running")
+    verts, heads = bodies._forward(phenotype, pose["deltas"])
+    rotvecs = np.array([Rotation.from_matrix(pose["deltas"].get(b, np.eye(3))).as_rotvec() for b in FIT_BONES])
+    with torch.no_grad():
+        rv, rh = body.rest(torch.tensor([phenotype[k] for k in PHENOTYPE_KEYS], dtype=torch.float64))
+        posed = body.pose(rv, rh, torch.as_tensor(rotvecs))
+    err = np.linalg.norm(posed.vertices.numpy() - verts, axis=1)
+    assert err.mean() < 0.004 and err.max() < 0.02, (err.mean(), err.max())
+    assert np.linalg.norm(posed.heads.numpy() - heads, axis=1).max() < 0.01
+    # the keypoints the fit reads are anny's COCO regressor on the same vertices
+    pts, weight = body.mediapipe_points(posed, np.arange(body.n_vertices))
+    coco = bodies._static()["kp_weights"] @ verts
+    from core.correspondence import COCO17_TO_MEDIAPIPE
+
+    assert np.abs(pts.numpy()[COCO17_TO_MEDIAPIPE] - coco).max() < 0.02

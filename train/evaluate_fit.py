@@ -1,0 +1,150 @@
+"""Held-out evaluation of the fitted body (`--method fit`), beside HumanMeshNet in `train.evaluate_mesh`:
+
+    python -m train.evaluate_mesh --data DIR --model fit hmnet-default fit-no-silhouette ... --json out.json
+
+Per sample, what inference has: the render (the sample's crop, upscaled 4x as a photo would be) goes through
+mediapipe (33 landmarks, world landmarks, mask); HumanMeshNet's prediction on the crop initialises the fit;
+the fit runs in the sample's own volume frame. Figures: the HumanMeshNet paper's vertex and joint errors
+(with and without Procrustes alignment, `train.metrics_mesh`), and `iou`: the fitted body voxelised in the
+sample's volume frame against the true body's volume, both aligned by their centroid and pooled to
+`IOU_SHAPE` with `train.dataset.target_volume` (the same rule as `train.evaluate`).
+
+Ablations (model names): `fit` (everything), `fit-no-silhouette`, `fit-no-directions` (no world-landmark
+bone directions), `fit-no-pose-prior` (no mixture prior and joint limits), `fit-no-shape` (phenotype kept
+at the mean), `fit-rest-init` (start from Anny's rest pose instead of HumanMeshNet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.bodyfit import PRIOR_WEIGHTS, STAGES, evidence_from_detection, fit_body, initial_params, pose_from_body
+from core.crop import CropBox
+from core.errors import NoPersonError
+from train.dataset import read_manifest
+from train.samples import read_sample
+
+IOU_SHAPE = (64, 64, 64)
+UPSCALE = 4  # the 128 px render is shown to mediapipe at 512 px, like a photo
+ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-pose-prior", "fit-no-shape", "fit-rest-init")
+
+
+def is_fit_model(name) -> bool:
+    return str(name) in ABLATIONS
+
+
+def variant(name: str) -> tuple[tuple, dict, bool]:
+    """(stages, prior weights, start from HumanMeshNet) of an ablation."""
+    stages, priors = list(STAGES), dict(PRIOR_WEIGHTS)
+
+    def without(term):
+        return [dataclasses.replace(s, weights={**s.weights, term: 0.0}) for s in stages]
+
+    if name == "fit-no-silhouette":
+        stages = without("silhouette")
+    elif name == "fit-no-directions":
+        stages = without("directions")
+    elif name == "fit-no-pose-prior":
+        priors.update(pose_prior=0.0, limits=0.0)
+    elif name == "fit-no-shape":
+        stages = [s for s in stages if s.name != "shape"]
+    return tuple(stages), priors, name != "fit-rest-init"
+
+
+def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
+    """The fitted body of one sample in its volume frame, or a reason it could not be fitted."""
+    import cv2
+
+    from core.detect import detect_person
+    from core.reconstruct import predict_body
+
+    shape = tuple(int(v) for v in sample["volume_shape"])
+    rgb = cv2.resize(sample["rgb"], None, fx=UPSCALE, fy=UPSCALE, interpolation=cv2.INTER_CUBIC)
+    det = detect_person(rgb)
+    h_in, w_in = sample["rgb"].shape[:2]
+    box = CropBox(0.0, 0.0, float(w_in * UPSCALE), float(h_in * UPSCALE))
+    ev = evidence_from_detection(det, box, shape)
+    stages, priors, from_network = variant(name)
+    start = None
+    if from_network:
+        mask = cv2.resize(det.mask, (w_in, h_in), interpolation=cv2.INTER_AREA)
+        lm16 = box.to_crop(det.landmarks16, (h_in, w_in))
+        lm16 = np.concatenate([lm16, det.landmarks16[:, 2:]], 1) if lm16.shape[1] == 2 else lm16
+        verts, _ = predict_body(initialiser, sample["rgb"], mask, lm16, device)
+        pose, rotation = pose_from_body(verts)
+        start = initial_params(ev, _body(), pose=pose, global_rotation=rotation)
+    t = time.perf_counter()
+    fitted = fit_body(ev, init=start, stages=stages, priors=priors)
+    return {"fitted": fitted, "seconds": time.perf_counter() - t}
+
+
+def _body():
+    from core.body_model import load_body_model
+
+    return load_body_model()
+
+
+def volume_agreement(sample: dict, vertices: np.ndarray) -> float:
+    """IoU of an Anny-topology body (volume frame) voxelised against the sample's volume, both aligned by
+    their centroid and pooled to IOU_SHAPE (`train.dataset.target_volume`)."""
+    from core.template import load_template
+    from train.dataset import target_volume
+    from train.metrics import volume_iou
+    from train.voxelise import voxelise
+
+    shape = tuple(int(x) for x in sample["volume_shape"])
+    pred = voxelise(vertices, load_template().faces, shape)
+    return float(volume_iou(target_volume(pred, IOU_SHAPE, "centroid"),
+                            target_volume(sample["volume"], IOU_SHAPE, "centroid")))
+
+
+def sample_errors(sample: dict, vertices: np.ndarray) -> dict:
+    """Vertex/joint errors (mm, with and without Procrustes) and the centroid-aligned volume IoU."""
+    from core.template import load_template
+    from train.metrics_mesh import mesh_errors
+
+    template = load_template()
+    reg = template.regressor("full").double()
+    v = torch.as_tensor(vertices, dtype=torch.float64)
+    gt = torch.as_tensor(sample["vertices_vox"], dtype=torch.float64)
+    mm = 1000.0 / float(sample["meta"]["px_per_metre"])
+    out = mesh_errors(v, gt, reg @ v, torch.as_tensor(sample["joints_vox"], dtype=torch.float64), mm)
+    out["iou"] = volume_agreement(sample, vertices)
+    return out
+
+
+def evaluate_fit(name: str, data_dirs, split: str = "test", limit: int = 0, device: str = "auto",
+                 initialiser: str = "hmnet-default") -> dict:
+    from core.checkpoint import load_model
+    from core.reconstruct import pick_device
+
+    torch_device = pick_device(device)
+    loaded = load_model(initialiser, device=str(torch_device))
+    dirs = [data_dirs] if isinstance(data_dirs, str) else list(data_dirs)
+    rows_in = [r for d in dirs for r in read_manifest(d) if split is None or r.get("split") == split]
+    rows_in = rows_in[: limit or None]
+    rows, failed = [], []
+    for row in tqdm(rows_in, desc=f"evaluate {name}", file=sys.stderr):
+        sample = read_sample(row["path"])
+        try:
+            got = fit_sample(sample, name, loaded, torch_device)
+        except NoPersonError:
+            failed.append(row["file"])
+            continue
+        rows.append({"file": row["file"], "seconds": got["seconds"], **sample_errors(sample, got["fitted"].vertices)})
+    from train.evaluate_mesh import KEYS
+
+    out = {"model": name, "variant": f"fit from {initialiser}" if variant(name)[2] else "fit from rest",
+           "samples": len(rows), "split": split, "no_person": failed}
+    for k in (*KEYS, "iou", "seconds"):
+        vals = [r[k] for r in rows]
+        out[f"{k}_mean"] = float(np.mean(vals)) if vals else float("nan")
+        out[f"{k}_median"] = float(np.median(vals)) if vals else float("nan")
+    out["per_sample"] = rows
+    return out
