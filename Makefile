@@ -19,8 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: setup
 	$(PY) -m core info
-	$(PY) -m core reconstruct examples/person.png -o out/person.glb --preview out/person_preview.png
-	$(PY) -m core reconstruct examples/person.png -o out/person_rigged.glb --rig --quiet
+	$(PY) -m core reconstruct examples/person.png -o out/person_fit.glb --preview out/person_fit_preview.png
+	$(PY) -m core reconstruct examples/person.png -o out/person.glb --method vrn --preview out/person_preview.png --quiet
+	$(PY) -m core reconstruct examples/person.png -o out/person_rigged.glb --method vrn --rig --quiet
 	$(PY) -m core reconstruct examples/person.png -o out/person_hmnet.glb --method hmnet --quiet
 
 test: setup

@@ -10,8 +10,8 @@ from . import paths
 METHOD_ITEMS = (
     ("vrn", "VRN", "Volumetric regression: a detailed surface (clothes, hair); rigged through HumanMeshNet"),
     ("hmnet", "HumanMeshNet", "Template body regression: the Anny body with its rig"),
-    ("fit", "Fitted body", "The Anny body fitted to what the detectors see (pose, hands, mask), posed as in "
-                           "the photo, with its rig"),
+    ("fit", "Fitted body", "The Anny body fitted to what the detector sees (pose landmarks, mask), posed as "
+                           "in the photo, with its rig"),
 )
 
 
@@ -34,7 +34,7 @@ class MonohumanProperties(bpy.types.PropertyGroup):
                                subtype="FILE_PATH", default="")
     photo_image: PointerProperty(name="Image", type=bpy.types.Image,
                                  description="An image already loaded in Blender")
-    method: EnumProperty(name="Method", items=METHOD_ITEMS, default="vrn")
+    method: EnumProperty(name="Method", items=METHOD_ITEMS, default="fit")  # best measured on photos
     model: StringProperty(
         name="Model",
         description="A model name (shipped or in your models folder), 'default' for the method's default, "

@@ -94,7 +94,7 @@ def _cancelled_error():
 
 # Methods whose "model" is one checkpoint of that same method: the warm backend keeps those loaded. Other
 # methods get the model argument exactly as the request gives it.
-CACHED_METHODS = ("vrn", "hmnet")
+CACHED_METHODS = ("vrn", "hmnet", "fit")  # "fit" keeps its HumanMeshNet initialiser loaded
 MODEL_CACHE_SIZE = 4
 _models: dict[tuple, object] = {}  # (json path, weights mtime_ns, size, device) -> core.checkpoint.LoadedModel
 _models_lock = threading.Lock()

@@ -179,7 +179,7 @@ def validate_request(request) -> dict:
         "rig": lambda v: flag("rig", v),
         "model_dirs": lambda v: [text("model_dirs[]", d) for d in _list("model_dirs", v)],
     }
-    defaults = {"model": "default", "method": "vrn", "device": "auto", "subject_height": 1.70, "smoothing": 10,
+    defaults = {"model": "default", "method": "fit", "device": "auto", "subject_height": 1.70, "smoothing": 10,
                 "face_budget": None, "rig": False, "rig_model": "default", "model_dirs": []}
     for key in ("photo", "output"):
         if key not in request:

@@ -193,7 +193,7 @@ def test_nan_weights_are_a_model_error(tiny_untrained, tmp_path, photo):
     m.with_suffix(".json").write_text(json.dumps({**doc, "weights_sha256": sha256_file(wt)}))
     with pytest.raises(ModelError, match="NaN"):
         load_model(m)
-    one_line(run("reconstruct", photo, "-o", tmp_path / "x.glb", "--model", m), 4, "NaN")
+    one_line(run("reconstruct", photo, "-o", tmp_path / "x.glb", "--method", "vrn", "--model", m), 4, "NaN")
 
 
 def test_info_flags_truncated_weights(tiny_untrained, tmp_path):

@@ -28,7 +28,8 @@ def reconstructions(person_photo, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")
     results = {}
     for suffix in (".obj", ".ply", ".glb"):
-        args = ["reconstruct", person_photo, "-o", out / f"body{suffix}", "--model", tiny_model, "--height", "1.8", "--json"]
+        args = ["reconstruct", person_photo, "-o", out / f"body{suffix}", "--method", "vrn", "--model", tiny_model, "--height", "1.8",
+                "--json"]
         if suffix == ".glb":
             args += ["--preview", out / "preview.png"]
         results[suffix] = run_cli(*args)
@@ -97,7 +98,7 @@ def test_not_an_image(tmp_path):
 def test_no_person(tmp_path, tiny_model):
     blank = tmp_path / "wall.png"
     Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(blank)
-    proc = run_cli("reconstruct", blank, "-o", tmp_path / "x.obj", "--model", tiny_model)
+    proc = run_cli("reconstruct", blank, "-o", tmp_path / "x.obj", "--method", "vrn", "--model", tiny_model)
     assert proc.returncode == 3
     assert "No person found" in proc.stderr
     assert not (tmp_path / "x.obj").exists()
@@ -114,7 +115,8 @@ def test_model_corrupt(person_photo, tiny_model, tmp_path):
         shutil.copy(Path(str(tiny_model) + ext), tmp_path / f"broken{ext}")
     weights = tmp_path / "broken.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a truncated download
-    proc = run_cli("reconstruct", person_photo, "-o", tmp_path / "x.obj", "--model", tmp_path / "broken")
+    proc = run_cli("reconstruct", person_photo, "-o", tmp_path / "x.obj", "--method", "vrn",
+                   "--model", tmp_path / "broken")
     assert proc.returncode == 4
     assert "truncated" in proc.stderr
     assert not (tmp_path / "x.obj").exists()
