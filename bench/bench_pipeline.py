@@ -2,8 +2,9 @@
 
     python bench/bench_pipeline.py [--photo examples/person.png] [--features 64] [--volume 128x128x128]
 
-Stages (detect, crop, encode, network, surface, frame, rig) come from `core.reconstruct` with the shipped
-models: VRN, VRN rigged from a fitted HumanMeshNet body, and HumanMeshNet, measured side by side.
+Stages (detect, crop, encode, network, fit, surface, frame, rig) come from `core.reconstruct` with the shipped
+models: the fitted body (with its camera / pose / shape split), VRN, VRN rigged from the fitted body, and
+HumanMeshNet, measured side by side.
 The variant table times only the forward pass at one width and volume for every variant (weights are
 random: this measures cost, not quality). Runs on the CPU, and on CUDA (bf16) too when there is a GPU.
 """
@@ -38,8 +39,9 @@ def median_time(fn, repeat: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-PIPELINES = (("VRN", dict(method="vrn")), ("VRN + rig", dict(method="vrn", rig=True)),
-             ("HumanMeshNet", dict(method="hmnet")))
+PIPELINES = (("Fitted body", dict(method="fit")), ("VRN", dict(method="vrn")),
+             ("VRN + rig", dict(method="vrn", rig=True)), ("HumanMeshNet", dict(method="hmnet")))
+FIT_SPLIT = ("fit_camera", "fit_pose", "fit_shape")  # the fit's own stages (core.bodyfit.STAGES)
 
 
 def pipeline_table(photo: Path, repeat: int) -> list[str]:
@@ -49,13 +51,14 @@ def pipeline_table(photo: Path, repeat: int) -> list[str]:
         for _ in range(repeat + 1):
             runs.setdefault(label, []).append(reconstruct(photo, **kw))
     runs = {k: v[1:] for k, v in runs.items()}  # drop the warm-up
-    stages = [s for s, _ in STAGES if any(s in r.timings for v in runs.values() for r in v)] + ["total"]
+    stages = [s for s, _ in STAGES if any(s in r.timings for v in runs.values() for r in v)]
+    stages = stages[:stages.index("fit") + 1] + list(FIT_SPLIT) + stages[stages.index("fit") + 1:] + ["total"]
     first = runs["VRN + rig"][0]
     lines = [f"Shipped models `{first.model_name}` and `{runs['HumanMeshNet'][0].model_name}` on `{photo.name}` "
              f"({first.image.shape[1]}x{first.image.shape[0]}), median of {repeat} runs after one warm-up, CPU:",
              "", "| stage | " + " | ".join(f"{k} ms" for k in runs) + " |", "| --- |" + " ---: |" * len(runs)]
     for s in stages:
-        cells = [f"{1000 * statistics.median(r.timings[s] for r in v):.1f}" if s in v[0].timings else "-"
+        cells = [f"{1000 * statistics.median(r.timings.get(s, 0.0) for r in v):.1f}" if s in v[0].timings else "-"
                  for v in runs.values()]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     surface = runs["VRN"][0].mesh.metadata.get("surface_timings") or {}

@@ -19,6 +19,7 @@ DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- make-bench:begin -->", "<!-- make-bench:end -->"
 BENCHES = [
     ("Reconstruction pipeline and VRN variants", ["bench/bench_pipeline.py"]),
+    ("The fitted body, photo by photo", ["bench/bench_fit.py"]),
     ("Marching cubes and surface post-processing", ["bench/bench_surface.py"]),
     ("Voxelisation against trimesh.contains", ["bench/bench_voxelise.py", "--sample", "4000", "--repeat", "3"]),
     ("The Blender add-on in a headless script (warm backend)", ["bench/bench_addon.py"]),

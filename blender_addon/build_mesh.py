@@ -273,6 +273,22 @@ def make_armature(name: str, result: dict, mesh_obj: bpy.types.Object, coll: bpy
     return arm_obj
 
 
+def pose_armature(arm_obj: bpy.types.Object, pose, names, parents) -> None:
+    """Pose an armature built in its rest pose: `pose` (J, 4, 4) moves bone j from rest to posed in armature
+    space. A bone's matrix_basis (relative to its rest and its parent's pose) is rest^-1 parent_pose^-1 pose
+    rest, computed here without a depsgraph update per bone."""
+    from mathutils import Matrix
+
+    pose = np.asarray(pose, np.float64)
+    for j, name in enumerate(names):
+        pb = arm_obj.pose.bones[str(name)]
+        rest = np.array(pb.bone.matrix_local, np.float64)
+        p = int(parents[j])
+        rel = pose[j] if p < 0 else np.linalg.inv(pose[p]) @ pose[j]
+        pb.rotation_mode = "QUATERNION"
+        pb.matrix_basis = Matrix((np.linalg.inv(rest) @ rel @ rest).tolist())
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole thing
 
@@ -292,8 +308,11 @@ def build_result(result: dict, *, scene: bpy.types.Scene | None = None,
     created = _Created()
     try:
         coll = ensure_collection(scene, created)
-        me = created.add(bpy.data.meshes, make_mesh(name, result["vertices"], result["faces"],
-                                                    result.get("uv")))
+        rigged = add_armature and all(k in result for k in ARMATURE_KEYS)
+        posed = rigged and "armature_pose" in result and "rest_vertices" in result
+        # a posed rig (the fit): the mesh is built in the rest pose and the armature poses it as in the photo
+        verts = result["rest_vertices"] if posed else result["vertices"]
+        me = created.add(bpy.data.meshes, make_mesh(name, verts, result["faces"], result.get("uv")))
         image = None
         if project_texture and result.get("texture"):
             image = load_image(result["texture"], f"{name} photo", created)
@@ -310,8 +329,10 @@ def build_result(result: dict, *, scene: bpy.types.Scene | None = None,
             obj["monohuman_warnings"] = "; ".join(result["warnings"])
 
         arm_obj = None
-        if add_armature and all(k in result for k in ARMATURE_KEYS):
+        if rigged:
             arm_obj = make_armature(name, result, obj, coll, view_layer, created)
+            if posed:
+                pose_armature(arm_obj, result["armature_pose"], result["armature_names"], result["armature_parents"])
 
         landmarks = None
         if show_landmarks and result.get("landmarks_image"):

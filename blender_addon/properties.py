@@ -20,7 +20,9 @@ def _model_search(self, context, edit_text):
 
     prefs = get_prefs(context)
     names = ["default"]
-    names += [m["name"] for m in paths.list_models(prefs.models_dir, backend_python(prefs), self.method)]
+    network = {"fit": "hmnet"}.get(self.method, self.method)  # the fit starts from a HumanMeshNet model
+    names += [m["name"] for m in paths.list_models(prefs.models_dir, backend_python(prefs), network)] + (
+        ["none"] if self.method == "fit" else [])
     return [n for n in names if edit_text.lower() in n.lower()] or names
 
 

@@ -77,7 +77,9 @@ RESULT_KEYS = (
 )
 # Present only when the result has a rig (HumanMeshNet; VRN with "rig": true): names (J,) str, heads/tails
 # (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32, axes (J, 3, 3) float32 (bone x, y,
-# z as columns: the roll).
+# z as columns: the roll). The fitted body adds "armature_pose" (J, 4, 4) float32, rest -> posed per bone in
+# the metric frame, and "rest_vertices" (N, 3): the armature and the weights are then the REST pose's, and the
+# pose puts the body as in the photo ("vertices" is the posed body, for a result built without the armature).
 ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents",
                  "armature_weights", "armature_axes")
 
@@ -189,6 +191,9 @@ def result_arrays(result, photo: str, texture: str, landmarks_image: str) -> dic
             "armature_weights": np.asarray(rig.dense_weights(), np.float32),
             "armature_axes": np.asarray(rig.axes, np.float32),
         })
+        if getattr(rig, "pose", None) is not None:  # the fit: the armature is the rest pose, this poses it
+            out["armature_pose"] = np.asarray(rig.pose, np.float32)
+            out["rest_vertices"] = np.asarray(result.rest_mesh.vertices, np.float32)
     return out
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from core.body_model import FIT_BONES, PHENOTYPE_KEYS, BodyModel, load_body_model, rotvec_to_matrix
-from core.correspondence import DIRECTION_PAIRS, REGIONS, TORSO
+from core.correspondence import DIRECTION_PAIRS, REGION_BONES, REGIONS, TORSO
 from core.errors import InputError, MonohumanError
 from core.frame import VOX_TO_METRIC_AXES
 
@@ -64,7 +64,7 @@ STAGES = (
     Stage("shape", 80, 0.05, ("camera", "global", "pose", "shape"),
           dict(keypoints=1.0, directions=1.0, silhouette=0.3, shape=1.0)),
 )
-PRIOR_WEIGHTS = dict(pose_prior=2e-3, limits=1.0, shape_prior=2e-3, init=2e-4)
+PRIOR_WEIGHTS = dict(pose_prior=2e-3, limits=1.0, shape_prior=2e-3, init=2e-4, held=1.0)
 
 
 @dataclass
@@ -76,6 +76,12 @@ class Evidence:
     world: np.ndarray | None  # (33, 3) mediapipe world landmarks (metres, x right, y down, z away) or None
     mask: np.ndarray          # (H, W) person probability
     volume_shape: tuple       # (D, H, W)
+    in_photo: np.ndarray | None = None  # (H, W) 1 where the crop shows the photo, 0 beyond its borders
+
+    def guessed(self) -> list[str]:
+        """Body regions the photo does not show (every landmark of the region below VISIBLE)."""
+        vis = np.nan_to_num(self.visibility)
+        return [name for name, idx in REGIONS.items() if (vis[list(idx)] < VISIBLE).all()]
 
 
 @dataclass
@@ -141,6 +147,7 @@ class FitResult:
     history: list = field(default_factory=list)   # (stage, step, energy)
     timings: dict = field(default_factory=dict)
     guessed: list = field(default_factory=list)   # body regions the photo did not show
+    volume_shape: tuple = ()  # (D, H, W) of the volume frame the vertices are in (the root sits at depth D/2)
 
 
 # ------------------------------------------------------------------------------------------ the energy
@@ -166,7 +173,13 @@ class _Problem:
         inside = (ev.mask > 0.5).astype(np.uint8)
         self.has_mask = bool(inside.any())
         outside_dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3) if self.has_mask else np.zeros_like(ev.mask)
+        if ev.in_photo is not None:  # beyond the photo's borders nothing says where the body is not
+            outside_dist = outside_dist * (ev.in_photo > 0.5)
         self.dist = torch.as_tensor(outside_dist, dtype=torch.float64)[None, None]
+        # bones of regions the photo does not show stay in the neutral standing pose (rest = 0)
+        held = [FIT_BONES.index(b) for region in ev.guessed() for b in REGION_BONES[region]]
+        self.held = torch.zeros(len(FIT_BONES), dtype=torch.float64)
+        self.held[held] = 1.0
         ys, xs = np.nonzero(inside)
         pick = np.random.default_rng(0).choice(len(xs), min(MASK_POINTS, len(xs)), replace=False) if len(xs) else []
         self.mask_pts = torch.as_tensor(np.stack([xs[pick] + 0.5, ys[pick] + 0.5], 1) if len(xs) else
@@ -216,6 +229,7 @@ class _Problem:
         out["limits"] = body.limit_penalty(v["pose"])
         out["shape_prior"] = body.shape_prior(phen)
         out["init"] = ((v["pose"] - self.init_pose) ** 2).sum()
+        out["held"] = (self.held[:, None] * v["pose"] ** 2).sum()
         return out
 
     def _directions(self, proj: torch.Tensor) -> torch.Tensor:
@@ -375,8 +389,7 @@ def fit_body(ev: Evidence, init: FitParams | None = None, body: BodyModel | None
     timings["fit_total"] = time.perf_counter() - t0
     out = pose_body(params, ev.volume_shape, body)
     out.energy, out.history, out.timings = energy, history, timings
-    out.guessed = [name for name, idx in REGIONS.items()
-                   if (np.nan_to_num(ev.visibility[list(idx)]) < VISIBLE).all()]
+    out.guessed = ev.guessed()
     return out
 
 
@@ -395,7 +408,7 @@ def pose_body(params: FitParams, volume_shape, body: BodyModel | None = None) ->
             return ((R @ (p - rh[0]).T).T * params.scale + shift).numpy()
 
         return FitResult(params, cam(posed.vertices), cam(posed.heads), cam(posed.tails), rv.numpy(), rh.numpy(),
-                         posed.transforms.numpy(), float("nan"))
+                         posed.transforms.numpy(), float("nan"), volume_shape=tuple(volume_shape))
 
 
 def evidence_from_detection(det, box, volume_shape) -> Evidence:
@@ -405,10 +418,11 @@ def evidence_from_detection(det, box, volume_shape) -> Evidence:
     d, h, w = volume_shape
     pts = box.to_crop(det.landmarks33[:, :2], (h, w))
     mask = crop_image(det.mask, box, (h, w))
+    in_photo = crop_image(np.ones(det.mask.shape, np.float32), box, (h, w))
     world = getattr(det, "world33", None)
     return Evidence(pts.astype(np.float64), det.landmarks33[:, 3].astype(np.float64),
                     None if world is None else np.asarray(world, np.float64), mask.astype(np.float32),
-                    tuple(volume_shape))
+                    tuple(volume_shape), in_photo.astype(np.float32))
 
 
 def pose_from_body(vertices_vox: np.ndarray, body: BodyModel | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -300,6 +300,18 @@ def load_model(name_or_path, device: str | torch.device = "cpu", search_dirs=Non
                        weights_path=wt)
 
 
+def _is_data_file(js: Path) -> bool:
+    """A JSON + safetensors pair that is data, not a network (the fit's body model, core.body_model)."""
+    from core.body_model import FORMAT as BODY_MODEL_FORMAT
+
+    try:
+        with open(js, encoding="utf-8") as f:
+            head = f.read(200)
+    except OSError:
+        return False
+    return f'"format": "{BODY_MODEL_FORMAT}"' in head
+
+
 def list_models(search_dirs=None, verify: bool = False) -> list[dict]:
     """Every model in the search dirs: name (the file stem, what load_model takes), path, method, variant,
     metrics, ok, problem, shadowed (an earlier dir has the same name).
@@ -316,6 +328,8 @@ def list_models(search_dirs=None, verify: bool = False) -> list[dict]:
                         and not p.name.startswith(".")})
         for stem in stems:
             js, wt = _pair(stem)
+            if _is_data_file(js):
+                continue
             entry = {"name": stem.name, "path": str(js), "method": None, "variant": None, "metrics": {},
                      "ok": True, "problem": None, "shadowed": stem.name in seen}
             seen.add(stem.name)

@@ -91,7 +91,9 @@ def cmd_reconstruct(args) -> int:
         result.warnings.append(f"{out.suffix} files cannot carry the rig; write a .glb to keep it.")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    files = mesh_files(result.mesh, out, skin=result.rig)
+    # a posed rig (the fit) skins the rest mesh: the GLB shows the photo's pose, Blender keeps Anny's rest pose
+    posed_rig = result.rig is not None and result.rig.pose is not None and out.suffix.lower() == ".glb"
+    files = mesh_files(result.rest_mesh if posed_rig else result.mesh, out, skin=result.rig)
     written = {"mesh": str(out)}
     if preview is not None:
         from core.image_io import image_bytes

@@ -42,10 +42,15 @@ DIRECTION_PAIRS = (
 # The torso: mid-hips -> mid-shoulders, as a pair of pairs.
 TORSO = ((23, 24), (11, 12))
 
-# Which landmarks belong to which body region (for "these parts were guessed" warnings).
+# Which landmarks belong to which body region, and the bones that region's pose comes from: a region the photo
+# does not show is "guessed" (a warning names it) and its bones are held in the neutral standing pose.
 REGIONS = {
     "head": (0, 2, 5, 7, 8), "left arm": (13, 15), "right arm": (14, 16),
     "left leg": (25, 27, 29, 31), "right leg": (26, 28, 30, 32),
+}
+REGION_BONES = {
+    "head": ("neck01", "head"), "left arm": ("lowerarm01.L", "wrist.L"), "right arm": ("lowerarm01.R", "wrist.R"),
+    "left leg": ("upperleg01.L", "lowerleg01.L", "foot.L"), "right leg": ("upperleg01.R", "lowerleg01.R", "foot.R"),
 }
 
 

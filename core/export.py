@@ -20,7 +20,9 @@
   is the bone's frame (``Rig.axes``: x, y = head -> tail, z) at its head, turned Y-up like the mesh, so
   Blender's glTF importer (bone tips on the node's +Y) rebuilds the bones with their direction and roll;
   a glTF skin whose bind pose is the rig's rest pose (``inverseBindMatrices`` = the inverse of each bone's
-  world matrix); and per vertex the 4 largest skin weights (``JOINTS_0`` / ``WEIGHTS_0``, renormalised to
+  world matrix); a rig with a ``pose`` (the fitted body) puts the nodes where the pose moves the bones, so
+  the mesh (given in its rest pose) shows posed in any glTF viewer and Blender keeps the rest pose as the
+  armature's rest; and per vertex the 4 largest skin weights (``JOINTS_0`` / ``WEIGHTS_0``, renormalised to
   sum to 1), the most every glTF reader supports.  Anny's weights have up to 9 influences: dropping the
   rest moves a vertex by up to ~1.5 cm when an arm is raised 60 degrees.  glTF stores no bone lengths;
   importers guess them (Blender: the distance to the nearest child bone).
@@ -184,13 +186,15 @@ def _check_skin(rig, vertex_count: int) -> None:
         raise _skin_error("its skin weights must be finite, not negative, and sum to 1 on each vertex")
 
 
-def _bone_worlds(rig) -> np.ndarray:
+def _bone_worlds(rig, posed: bool = False) -> np.ndarray:
     """(J, 4, 4) bind-pose world matrix of each bone in the glTF frame: its axes (made exactly orthonormal)
-    at its head, turned Z-up -> Y-up."""
+    at its head, turned Z-up -> Y-up. posed=True: moved by the rig's pose, when it has one."""
     u, _, vt = np.linalg.svd(np.asarray(rig.axes, dtype=np.float64))
     worlds = np.tile(np.eye(4), (len(rig.names), 1, 1))
     worlds[:, :3, :3] = u @ vt  # axes are rotations already; this only removes rounding
     worlds[:, :3, 3] = rig.heads
+    if posed and getattr(rig, "pose", None) is not None:
+        worlds = np.asarray(rig.pose, dtype=np.float64) @ worlds
     return ZUP_TO_YUP @ worlds
 
 
@@ -249,12 +253,12 @@ def _add_skin(glb: bytes, rig) -> bytes:
     primitive["attributes"]["JOINTS_0"] = accessor(joints, "VEC4", _USHORT, _ARRAY_BUFFER)
     primitive["attributes"]["WEIGHTS_0"] = accessor(weights, "VEC4", _FLOAT, _ARRAY_BUFFER)
 
-    worlds = _bone_worlds(rig)
-    inverse_binds = np.linalg.inv(worlds)
+    inverse_binds = np.linalg.inv(_bone_worlds(rig))
+    worlds = _bone_worlds(rig, posed=True)  # the nodes: where the bones are (the bind pose, or the rig's pose)
     first = len(gltf["nodes"])
     for b, name in enumerate(rig.names):
         parent = int(rig.parents[b])
-        local = worlds[b] if parent < 0 else inverse_binds[parent] @ worlds[b]
+        local = worlds[b] if parent < 0 else np.linalg.inv(worlds[parent]) @ worlds[b]
         w, x, y, z = trimesh.transformations.quaternion_from_matrix(local)
         gltf["nodes"].append({"name": str(name), "translation": local[:3, 3].tolist(),
                               "rotation": [float(x), float(y), float(z), float(w)]})

@@ -72,6 +72,7 @@ class Result:
     joints: np.ndarray | None = None  # (J, 3) metres: HMNet's joints (the rig's bone heads)
     rig: Rig | None = None  # armature and skin weights on `mesh` (HMNet and fit always; VRN with rig=True)
     fit_params: dict | None = None  # the fitted body's parameters (method "fit"; JSON, read back by init=)
+    rest_mesh: trimesh.Trimesh | None = None  # fit: the same body in Anny's rest pose (rig.pose poses it)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -274,6 +275,29 @@ def fit_to_metric(fitted, subject_height: float) -> np.ndarray:
     return T
 
 
+def rest_rig(fitted, vox_to_metric: np.ndarray, subject_height: float):
+    """The fitted body in Anny's rest pose (metres, standing on z = 0, `subject_height` tall) and its armature,
+    with the pose that moves every bone from there to the photo's pose in the metric frame (`Rig.pose`)."""
+    from core.body_model import rotvec_to_matrix
+    from core.bodyfit import ANNY_TO_VOX
+    from core.template import load_template
+
+    p = fitted.params
+    rv, rh = fitted.rest_vertices, fitted.rest_heads
+    c = subject_height / float(np.ptp(rv[:, 2]))
+    anchor = np.array([(rv[:, 0].min() + rv[:, 0].max()) / 2, (rv[:, 1].min() + rv[:, 1].max()) / 2, rv[:, 2].min()])
+    pre = np.diag([1 / c, 1 / c, 1 / c, 1.0])
+    pre[:3, 3] = anchor  # rest metric -> Anny frame
+    cam = np.eye(4)
+    R = p.scale * ANNY_TO_VOX.numpy() @ rotvec_to_matrix(torch.as_tensor(p.global_rotation)).numpy()
+    cam[:3, :3] = R
+    cam[:3, 3] = np.array([*p.translation, fitted.volume_shape[0] / 2.0]) - R @ rh[0]  # as core.bodyfit.pose_body
+    pose = vox_to_metric @ cam @ fitted.transforms @ pre  # (J, 4, 4) rest metric -> posed metric
+    rest_vertices = (rv - anchor) * c
+    rig = dataclasses.replace(rig_for_body(rest_vertices, (rh - anchor) * c), pose=pose)
+    return trimesh.Trimesh(rest_vertices, load_template().faces, process=False), rig
+
+
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
                 rig: bool = False, rig_model="default", init=None, refine: bool = True,
@@ -380,9 +404,10 @@ def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, sta
     mesh = trimesh.Trimesh(apply_transform(fitted.vertices, vox_to_metric), load_template().faces, process=False)
     joints = apply_transform(fitted.heads, vox_to_metric)
     stage("rig")
-    body_rig = rig_for_body(mesh.vertices, joints)
+    rest_mesh, body_rig = rest_rig(fitted, vox_to_metric, subject_height)
     uv = _front_uv(fitted.vertices, box, tuple(shape[1:]), rgb.shape[:2])
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
+    rest_mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=mesh.visual.material.image)
     if fitted.guessed:
         warnings.append(f"Not in the photo, so guessed (neutral pose): {', '.join(fitted.guessed)}.")
     name = "fit" + ("" if loaded is None else f" (from {loaded.name})")
@@ -391,7 +416,7 @@ def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, sta
     return Result(mesh=mesh, uv=uv, image=rgb, volume=None, landmarks16=det.landmarks16,
                   landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
                   model_name=name, timings=timings, warnings=warnings + list(det.warnings), method="fit",
-                  joints=joints, rig=body_rig, fit_params=fitted.params.to_json())
+                  joints=joints, rig=body_rig, fit_params=fitted.params.to_json(), rest_mesh=rest_mesh)
 
 
 def default_output_path(photo: str | Path, suffix: str = ".glb") -> Path:

@@ -37,6 +37,9 @@ class Rig:
     axes: np.ndarray          # (J, 3, 3) columns: bone x, y (head -> tail), z
     skin_index: np.ndarray    # (M, K) int
     skin_weight: np.ndarray   # (M, K) float32, rows sum to 1
+    # Optional (J, 4, 4) rigid transforms, rest -> posed, in the rig's frame: the armature above is then the
+    # REST pose (the mesh it skins is the rest mesh) and this pose shows the body as in the photo (the fit).
+    pose: np.ndarray | None = None
 
     def index(self, name: str) -> int:
         try:

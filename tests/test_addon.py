@@ -101,6 +101,7 @@ def props(addon):
     names = ("photo_source", "photo_path", "method", "model", "subject_height", "smoothing", "face_budget",
              "project_texture", "add_armature", "show_landmarks")
     saved = {k: getattr(p, k) for k in names}
+    p.method = "vrn"  # the end-to-end fixtures' model (tiny_model) is a VRN model; the default method is "fit"
     yield p
     for k, v in saved.items():
         setattr(p, k, v)
@@ -356,6 +357,38 @@ def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_
     legs = below(("upperleg", "lowerleg", "foot", "toe")) > 0.999
     assert forearm.sum() > 100 and legs.sum() > 1000
     assert moved[forearm].min() > 0.05 and moved[legs].max() < 1e-4
+
+
+def test_fitted_body_is_posed_as_in_the_photo_with_anny_rest_pose(addon, clean_scene, assets, tmp_path):
+    """The fit's result: the armature's rest is Anny's rest pose (the mesh data), its pose shows the body as in
+    the photo (the evaluated mesh is the fitted one), and clearing the pose gives the rest body back."""
+    from blender_addon import build_mesh
+    from core.backend import run_request
+
+    photo = need(assets, "person_photo")
+    result = build_mesh.load_result(run_request({"photo": photo, "output": str(tmp_path / "r.npz"),
+                                                 "method": "fit", "device": "cpu"}))
+    bpy.context.scene.cursor.location = (0, 0, 0)
+    out = build_mesh.build_result(result)
+    obj, arm = out["object"], out["armature"]
+    rest = np.array([v.co[:] for v in obj.data.vertices])
+    assert np.abs(rest - result["rest_vertices"]).max() < 1e-5
+    assert np.ptp(rest[:, 2]) == pytest.approx(1.70, abs=1e-3)  # the rest pose is the subject height
+
+    def evaluated():
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        depsgraph.update()
+        ev = obj.evaluated_get(depsgraph)
+        co = np.array([v.co[:] for v in ev.to_mesh().vertices])
+        ev.to_mesh_clear()
+        return co
+
+    posed = evaluated()
+    assert np.linalg.norm(posed - result["vertices"], axis=1).max() < 2e-3  # as fitted
+    assert np.linalg.norm(posed - rest, axis=1).max() > 0.05  # and not the rest pose
+    for pb in arm.pose.bones:  # Pose > Clear Transform: back to Anny's rest pose
+        pb.matrix_basis.identity()
+    assert np.linalg.norm(evaluated() - rest, axis=1).max() < 1e-4
 
 
 def test_build_mesh_failure_leaves_nothing(addon, clean_scene, tmp_path):
@@ -619,7 +652,7 @@ if photo:
     prefs = bpy.context.preferences.addons[name].preferences
     prefs.device, prefs.execution = "CPU", "IN_PROCESS"
     p = bpy.context.scene.monohuman
-    p.photo_path, p.model = photo, model
+    p.photo_path, p.model, p.method = photo, model, "vrn"
     assert bpy.ops.monohuman.reconstruct(wait=True) == {"FINISHED"}
     out["core_imported"] = "core" in sys.modules
     out["vendored"] = sorted(m for m in sys.modules if m.startswith(name + ".vendor.core."))
