@@ -11,14 +11,12 @@ import json
 import numpy as np
 import pytest
 
+from train.poses import ARM_RAISED_KNEE_BENT
+
 pytestmark = pytest.mark.slow
 
 # An arm raised sideways and a knee bent forward: a pose HumanMeshNet's generic standing body does not have.
-POSE = dict(arm_l=dict(abd=150.0, fwd=10.0, twist=0.0, elbow=10.0, wrist=[0.0, 0.0, 0.0]),
-            arm_r=dict(abd=10.0, fwd=5.0, twist=0.0, elbow=20.0, wrist=[0.0, 0.0, 0.0]),
-            leg_l=dict(abd=3.0, fwd=0.0, twist=0.0, knee=3.0, ankle=[0.0, 0.0, 0.0]),
-            leg_r=dict(abd=3.0, fwd=45.0, twist=0.0, knee=70.0, ankle=[0.0, 0.0, 0.0]),
-            spine=[0.0, 0.0, 0.0], neck=[0.0, 0.0, 0.0], root=[0.0, 0.0, 0.0])
+POSE = ARM_RAISED_KNEE_BENT
 
 
 def _render(tmp_path_factory, name, yaw):

@@ -124,7 +124,7 @@ def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384
         for i in tqdm(range(count), desc="photos", file=sys.stderr):
             photo = Path(tmp) / f"photo{i}.png"
             truth = render_person_photo(photo, size=size, seed=seed + i, samples=16)
-            result = reconstruct(photo, model=loaded, device=device)
+            result = reconstruct(photo, model=loaded, method="vrn", device=device)
             front = (result.volume > surface_level(loaded)).any(axis=0)
             detected = crop_image(result.mask, result.crop_box, (h, w)) > 0.5
             true_mask = crop_image(truth["mask"].astype(np.float32), result.crop_box, (h, w)) > 0.5

@@ -148,3 +148,48 @@ def evaluate_fit(name: str, data_dirs, split: str = "test", limit: int = 0, devi
         out[f"{k}_median"] = float(np.median(vals)) if vals else float("nan")
     out["per_sample"] = rows
     return out
+
+
+def evaluate_fit_photos(count: int = 8, seed: int = 1000, size: int = 384, device: str = "auto",
+                        initialiser: str = "hmnet-default") -> dict:
+    """The fit on photo-like renders (full frame, room background, train.render_photo's scene): how far its 16
+    joints land from the true ones in the photo (pixels, and in % of the person's height), and its front
+    silhouette against the true and the detected person mask (both cut to the fit's crop frame)."""
+    import tempfile
+    from pathlib import Path
+
+    from core.checkpoint import load_model
+    from core.crop import crop_image
+    from core.detect import detect_person
+    from core.landmarks import mpii16_from_coco17
+    from core.reconstruct import fit_person, pick_device
+    from core.template import load_template
+    from train.metrics import silhouette_iou
+    from train.render import render_person_photo
+    from train.voxelise import voxelise
+
+    torch_device = pick_device(device)
+    loaded = load_model(initialiser, device=str(torch_device))
+    body = _body()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in tqdm(range(count), desc="photos", file=sys.stderr):
+            truth = render_person_photo(Path(tmp) / f"photo{i}.png", size=size, seed=seed + i, samples=16)
+            det = detect_person(truth["rgb"])
+            fitted, box, shape = fit_person(truth["rgb"], det, loaded, torch_device)
+            _, h, w = shape
+            coco = (body.coco_weight.numpy()[:, :, None] * fitted.vertices[body.coco_index.numpy()]).sum(1)
+            joints = box.to_source(mpii16_from_coco17(coco[:, :2])[:, :2], (h, w))
+            ys = np.nonzero(truth["mask"].any(1))[0]
+            err = np.linalg.norm(joints - truth["landmarks16"][:, :2], axis=1)
+            front = voxelise(fitted.vertices, load_template().faces, shape).any(axis=0)
+            true_mask = crop_image(truth["mask"].astype(np.float32), box, (h, w)) > 0.5
+            detected = crop_image(det.mask, box, (h, w)) > 0.5
+            rows.append({"seed": seed + i, "joint_px": float(err.mean()),
+                         "joint_pct_height": float(100 * err.mean() / max(np.ptp(ys), 1)),
+                         "vs_true_mask": silhouette_iou(front[None], true_mask),
+                         "vs_detected_mask": silhouette_iou(front[None], detected)})
+    out = {"model": "fit", "photos": count, "size": size, "first_seed": seed, "per_photo": rows}
+    for k in ("joint_px", "joint_pct_height", "vs_true_mask", "vs_detected_mask"):
+        out[f"{k}_mean"] = float(np.mean([r[k] for r in rows]))
+    return out

@@ -120,6 +120,9 @@ def write_results(path: Path, summaries: list[dict], data_dirs, command: str) ->
 def main(argv=None) -> int:
     parser = evaluation_parser("python -m train.evaluate_mesh", __doc__, "hmnet")
     parser.add_argument("--no-mean-body", action="store_true", help="leave out the mean-body row")
+    parser.add_argument("--photos", type=int, default=0,
+                        help="with the fit among the models: also fit this many photo-like renders (2D joint "
+                             "error in pixels, front silhouette against the person mask)")
     args = parser.parse_args(argv)
     try:
         from train.evaluate_fit import evaluate_fit, is_fit_model
@@ -132,8 +135,18 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print(results_table(summaries))
+    photo_rows = []
+    if args.photos and any(is_fit_model(m) for m in args.model):
+        from train.evaluate_fit import evaluate_fit_photos
+
+        photos = evaluate_fit_photos(args.photos, device=args.device)
+        print(f"fit on {args.photos} photo-like renders ({photos['size']} px): joints {photos['joint_px_mean']:.1f} px "
+              f"({photos['joint_pct_height_mean']:.1f} % of the person's height) from the true ones; front silhouette "
+              f"IoU {photos['vs_true_mask_mean']:.3f} against the true mask, {photos['vs_detected_mask_mean']:.3f} "
+              "against mediapipe's")
+        photo_rows.append({"photos": photos})
     if args.json:
-        Path(args.json).write_text(json.dumps(summaries, indent=1))
+        Path(args.json).write_text(json.dumps(summaries + photo_rows, indent=1))
     if args.write:
         command = "python -m train.evaluate_mesh " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results(Path(args.write), summaries, args.data, command)

@@ -92,6 +92,9 @@ BASE_POSES = {
                        _leg(14, 110, 5, 130), spine=(30, 0, 0)),
 }
 ASYMMETRIC = ("walking", "running", "reaching")
+# A pose no generic standing body has (left arm raised sideways, right thigh forward with the knee bent): the
+# fit's test render and benchmark photo.
+ARM_RAISED_KNEE_BENT = _pose(_arm(150, 10, 0, 10), _arm(10, 5, 0, 20), _leg(3, 0, 0, 3), _leg(3, 45, 0, 70))
 
 
 # ----------------------------------------------------------------------------------------- rotations
