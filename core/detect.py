@@ -120,9 +120,17 @@ def _framing_warnings(lm33: np.ndarray, w: int, h: int) -> list[str]:
         return bool(((p[:, 3] < 0.3) | (p[:, 0] < 0) | (p[:, 0] > w) | (p[:, 1] < 0) | (p[:, 1] > h)).all())
 
     out = []
-    if cut(feet):
+    hips = lm33[[23, 24]]
+    if cut(hips):
+        out.append("Only the upper body is in the photo (no hips or legs): the fitted body (--method fit, the "
+                   "default) fits what is visible and guesses the rest; VRN and HumanMeshNet guess a whole body.")
+    elif cut(feet):
         out.append("The feet are cut off or hidden; the legs will be guessed. "
                    "A photo showing the whole body works best.")
+    torso = (lm33[11, :2] + lm33[12, :2]) / 2 - (lm33[23, :2] + lm33[24, :2]) / 2
+    if np.linalg.norm(torso) > 0 and abs(torso[1]) < abs(torso[0]):  # more sideways than upright in the image
+        out.append("The person is lying down or the photo is turned on its side: the body is reconstructed as "
+                   "seen, not standing. Rotate the photo so the person is upright if they are standing.")
     if cut(head):
         out.append("The head is cut off or hidden; it will be guessed. "
                    "A photo showing the whole body works best.")

@@ -177,3 +177,15 @@ def test_body_model_poses_like_anny():
     from core.correspondence import COCO17_TO_MEDIAPIPE
 
     assert np.abs(pts.numpy()[COCO17_TO_MEDIAPIPE] - coco).max() < 0.02
+
+
+def test_lying_person_and_upper_body_are_named(posed_front):
+    """Issue 16, case 8: a photo turned on its side and a close-up without hips are said, not silently
+    reconstructed as if standing and whole."""
+    from core.detect import detect_person
+
+    side = np.ascontiguousarray(np.rot90(posed_front["rgb"]))
+    assert any("lying down" in w for w in detect_person(side).warnings)
+    close = np.ascontiguousarray(posed_front["rgb"][: int(0.42 * posed_front["rgb"].shape[0])])
+    assert any("upper body" in w for w in detect_person(close).warnings)
+    assert not detect_person(posed_front["rgb"]).warnings
