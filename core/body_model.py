@@ -61,15 +61,20 @@ def save_body_model(stem, arrays: dict, bone_names: list, info: dict) -> Path:
 
 
 def rotvec_to_matrix(rv: torch.Tensor) -> torch.Tensor:
-    """Rodrigues for (..., 3) axis-angle vectors -> (..., 3, 3); smooth through zero."""
-    theta = rv.norm(dim=-1, keepdim=True)
-    k = rv / theta.clamp_min(1e-8)
-    zero = torch.zeros_like(k[..., 0])
-    K = torch.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0], -k[..., 1], k[..., 0], zero],
-                    dim=-1).reshape(*k.shape[:-1], 3, 3)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
+    """Rodrigues for (..., 3) axis-angle vectors -> (..., 3, 3), written on the unnormalised cross-product
+    matrix with series near zero, so the gradient at the rest pose (rv = 0) is the true one, not zero (the
+    normalised-axis form has none there: a bone starting at rest never moved)."""
+    theta2 = (rv * rv).sum(-1, keepdim=True)[..., None]
+    small = theta2 < 1e-8
+    safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = safe.sqrt()
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / safe)
+    zero = torch.zeros_like(rv[..., 0])
+    K = torch.stack([zero, -rv[..., 2], rv[..., 1], rv[..., 2], zero, -rv[..., 0], -rv[..., 1], rv[..., 0], zero],
+                    dim=-1).reshape(*rv.shape[:-1], 3, 3)
     eye = torch.eye(3, dtype=rv.dtype).expand(K.shape)
-    return eye + s * K + (1 - c) * (K @ K)
+    return eye + a * K + b * (K @ K)
 
 
 @dataclass

@@ -189,3 +189,19 @@ def test_lying_person_and_upper_body_are_named(posed_front):
     close = np.ascontiguousarray(posed_front["rgb"][: int(0.42 * posed_front["rgb"].shape[0])])
     assert any("upper body" in w for w in detect_person(close).warnings)
     assert not detect_person(posed_front["rgb"]).warnings
+
+
+def test_rotation_has_a_gradient_at_rest():
+    """A bone that starts at rest (axis-angle 0) must be able to move: Rodrigues' normalised-axis form has a
+    zero gradient there, which froze every pose started from the rest pose."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from core.body_model import rotvec_to_matrix
+
+    rv = np.array([[0.3, -0.2, 1.1], [1e-6, 0.0, 0.0], [0.0, 0.0, 0.0], [2.5, 0.1, -0.4]])
+    np.testing.assert_allclose(rotvec_to_matrix(torch.tensor(rv)).numpy(), Rotation.from_rotvec(rv).as_matrix(),
+                               atol=1e-12)
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    rotvec_to_matrix(x)[1, 0].backward()  # d R / d rv at rest is the cross-product matrix: R[1, 0] = rv_z
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0, 1.0], atol=1e-12)
