@@ -136,3 +136,54 @@ def test_broken_scan_is_reported_and_skipped(tmp_path):
         mask = s["mask"] > 0
         assert np.logical_and(front, mask).sum() / np.logical_or(front, mask).sum() >= 0.97
         assert np.all(np.isnan(s["landmarks16"]))
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc; Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_die_with_their_parent(tmp_path):
+    """Issue 16, case 7: SIGKILL the command while its Blender workers render; they stop instead of writing on."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "train.make_dataset", "--out", str(tmp_path / "d"), "--count", "400",
+                             "--size", "64", "--volume", "32x64x64", "--samples", "4", "--seed", "5", "--workers", "2",
+                             "--progress", "none"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        workers = _children(proc.pid)
+    assert len(workers) == 2, "the command did not start its two workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10  # 400 samples keep a worker busy for minutes; it checks every second
+    try:
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "workers kept running after their parent was killed"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

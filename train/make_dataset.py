@@ -458,12 +458,17 @@ def _worker_command(argv, shard):
     return [sys.executable, "-m", "train.make_dataset"] + rest
 
 
+PARENT_PID_ENV = "MONOHUMAN_DATASET_PARENT"
+
+
 def _die_with_parent():
     """A worker stops when the command that started it is gone (killed), instead of rendering on alone;
     what it was writing is a temporary file the next run removes."""
     import threading
 
-    parent = os.getppid()
+    # The parent's pid comes from the parent itself: a worker whose parent died while it was still importing
+    # bpy and anny would otherwise take the reaper for its parent and render on alone (found by a test).
+    parent = int(os.environ.get(PARENT_PID_ENV) or os.getppid())
 
     def watch():
         while os.getppid() == parent:
@@ -480,6 +485,7 @@ def run_workers(args, argv, indices):
     env = dict(os.environ)
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[PARENT_PID_ENV] = str(os.getpid())
     for k in range(w):
         cmd = _worker_command(argv, (i + k * n, n * w))
         procs.append(subprocess.Popen(cmd, env=env, cwd=repo))
