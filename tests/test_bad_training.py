@@ -213,3 +213,15 @@ def test_merge_checks_everything_before_linking(capsys, no_render, tmp_path):
     assert not (out / "samples").exists() or not any((out / "samples").iterdir())
     fails(capsys, no_render, ["merge", tmp_path / "out2", a, tmp_path / "missing"], 2, "missing", "does not exist")
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("module", ["train.evaluate", "train.evaluate_mesh", "train.calibrate"])
+def test_evaluation_commands_answer_bad_data_in_one_line(module, tmp_path):
+    """The evaluation commands end like the others (core.errors.run_command): one line, the data exit code."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", module, "--data", str(tmp_path / "missing"), "--model",
+                           "hmnet-default"], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MONOHUMAN_DEBUG": ""})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and "manifest" in lines[-1] and "Traceback" not in proc.stderr

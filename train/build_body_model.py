@@ -154,6 +154,13 @@ def build_pose_prior(rng: np.random.Generator) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
+    """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
+    from core.errors import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.build_body_model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(BODY_MODEL_PATH), help="model stem (writes STEM.json, STEM.safetensors)")

@@ -63,6 +63,13 @@ def record_level(json_path: Path, level: float, table: dict, n_bodies: int) -> N
 
 
 def main(argv=None) -> int:
+    """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
+    from core.errors import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", required=True, help="the dataset folders the model was trained on")
     ap.add_argument("--model", required=True, help="model name or path")

@@ -216,6 +216,13 @@ def evaluation_parser(prog: str, doc: str, method: str) -> argparse.ArgumentPars
 
 
 def main(argv=None) -> int:
+    """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
+    from core.errors import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     parser = evaluation_parser("python -m train.evaluate", __doc__, "vrn")
     parser.add_argument("--no-surface", action="store_true", help="skip the (slower) surface metrics")
     parser.add_argument("--depth-anchor", choices=DEPTH_ANCHORS, default=None,

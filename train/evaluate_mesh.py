@@ -118,6 +118,13 @@ def write_results(path: Path, summaries: list[dict], data_dirs, command: str) ->
 
 
 def main(argv=None) -> int:
+    """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
+    from core.errors import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     parser = evaluation_parser("python -m train.evaluate_mesh", __doc__, "hmnet")
     parser.add_argument("--no-mean-body", action="store_true", help="leave out the mean-body row")
     parser.add_argument("--photos", type=int, default=0,

@@ -45,6 +45,13 @@ def depth_bounds(volume: np.ndarray) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
+    """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
+    from core.errors import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.iou_bounds", description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True)
     parser.add_argument("--volume", default="", help="DxHxW to pool the data to (default: the data's own)")

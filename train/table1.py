@@ -75,6 +75,13 @@ def markdown(args, rows, command: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+    """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
+    from core.errors import run_command
+
+    return run_command(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.table1", description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--out", required=True, help="folder of the runs, one per variant")
