@@ -228,3 +228,26 @@ def test_sigterm_to_the_whole_process_group_saves_state(tiny_dataset, tmp_path):
     done = meta["metrics"]["history"][-1]["epoch"]
     assert done >= 1 and done < 1000
     assert fit(["--out", str(run), "--resume", "--max-steps", "1"]) == 0
+
+
+@pytest.mark.parametrize("where", ["evaluate_iou", "export"])
+def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path, monkeypatch, where):
+    """Issue 16, case 7: Ctrl-C while epoch 2 is being validated or exported, then --resume: every epoch is in
+    the log exactly once and the run ends where an uninterrupted one does."""
+    import train.fit as training
+
+    real = getattr(training, where)
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, where, interrupted)
+    assert fit(["--data", str(tiny_dataset), "--out", str(run), "--epochs", "3", *TINY]) == 130
+    monkeypatch.setattr(training, where, real)
+    assert fit(["--out", str(run), "--resume"]) == 0
+    assert [int(r["epoch"]) for r in read_log(run)] == [1, 2, 3]
