@@ -385,6 +385,7 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
             body_rig = fit_body_rig(mesh, to_metric(body_vox), to_metric(body_joints_vox))
             joints = body_rig.heads
 
+    warnings += implausible(mesh)
     uv = _front_uv(verts_vox, box, (h, w), rgb.shape[:2])
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
     name = loaded.name if rigger is None else f"{loaded.name} + {rigger.name} (rig)"
@@ -408,6 +409,7 @@ def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, sta
     uv = _front_uv(fitted.vertices, box, tuple(shape[1:]), rgb.shape[:2])
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
     rest_mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=mesh.visual.material.image)
+    warnings += implausible(mesh)
     if fitted.guessed:
         warnings.append(f"Not in the photo, so guessed (neutral pose): {', '.join(fitted.guessed)}.")
     name = "fit" + ("" if loaded is None else f" (from {loaded.name})")
@@ -417,6 +419,18 @@ def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, sta
                   landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
                   model_name=name, timings=timings, warnings=warnings + list(det.warnings), method="fit",
                   joints=joints, rig=body_rig, fit_params=fitted.params.to_json(), rest_mesh=rest_mesh)
+
+
+WIDER_THAN_TALL = 1.3  # arm span is about the height: a body this much wider than tall is not standing
+
+
+def implausible(mesh: trimesh.Trimesh) -> list[str]:
+    """A warning when the result cannot be a person standing as the metric frame assumes (Z up)."""
+    extent = np.ptp(np.asarray(mesh.vertices), axis=0)
+    if max(extent[0], extent[1]) > WIDER_THAN_TALL * extent[2]:
+        return [f"The result is {max(extent[0], extent[1]) / extent[2]:.1f} times wider than it is tall: the "
+                "person is probably lying down or the photo is turned. Rotate the photo so the person is upright."]
+    return []
 
 
 def default_output_path(photo: str | Path, suffix: str = ".glb") -> Path:

@@ -252,3 +252,13 @@ def test_backend_request_names_the_wrong_field(field, value):
 def test_backend_request_defaults_and_aliases():
     req = validate_request({"photo": "p.jpg", "output": "o.npz", "device": "GPU", "extra": 1})
     assert req["device"] == "cuda" and req["subject_height"] == 1.70 and req["extra"] == 1
+
+
+def test_lying_person_gets_a_warning_not_a_silent_wide_mesh():
+    """Issue 16, case 8: the example photo turned on its side gave a 4.28 m-wide VRN mesh without a word."""
+    from core.reconstruct import reconstruct
+
+    rgb = np.ascontiguousarray(np.rot90(load_image(REPO / "examples" / "person.png")))
+    result = reconstruct(rgb, method="vrn")
+    assert any("wider than it is tall" in w for w in result.warnings), result.warnings
+    assert any("lying down" in w for w in result.warnings)
