@@ -34,6 +34,7 @@ def write_files(files: dict) -> None:
     when all are complete are they renamed into place, so a failure (no space, no permission) leaves none of
     them changed. File modes follow the umask, like any file a program creates. OSError -> OutputError."""
     temps: list[tuple[str, Path]] = []
+    path = None
     try:
         for path, data in files.items():
             path = Path(path)
@@ -50,6 +51,8 @@ def write_files(files: dict) -> None:
         for tmp, path in temps:
             os.replace(tmp, path)
     except OSError as err:
+        if not err.filename and path is not None:  # a failed write names no file: name the one being written
+            err = OSError(err.errno, err.strerror or str(err), str(path))
         raise os_error(err) from err
     finally:
         for tmp, _ in temps:

@@ -262,3 +262,22 @@ def test_lying_person_gets_a_warning_not_a_silent_wide_mesh():
     result = reconstruct(rgb, method="vrn")
     assert any("wider than it is tall" in w for w in result.warnings), result.warnings
     assert any("lying down" in w for w in result.warnings)
+
+
+def test_output_that_does_not_fit_leaves_nothing(tmp_path):
+    """Issue 16, case 5 (full disk): the file-size limit (RLIMIT_FSIZE) makes the writes fail the way a full disk
+    does, part-way through; the command says so in one line (exit 6) and leaves no file behind."""
+    import resource
+    import signal
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "core", "reconstruct", REPO / "examples" / "person.png", "-o",
+                           out / "x.glb", "--preview", out / "x.png", "-q"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MONOHUMAN_DEBUG": ""}, preexec_fn=small_files)
+    one_line(proc, 6, "x.")
+    assert list(out.iterdir()) == []
