@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="BACKEND,BACKEND")
     ap.add_argument("--python", default="", help="Backend Python (default: the add-on's auto-detection)")
     ap.add_argument("--device", default="CPU")
+    ap.add_argument("--method", default="vrn", help="the panel's method (docs/ADDON.md times VRN + armature)")
     ap.add_argument("--decoy", default="")
     ap.add_argument("--user-dir", default="", help="Blender user folder (default: a fresh temp folder)")
     args = ap.parse_args(argv)
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
     prefs = bpy.context.preferences.addons[EXT].preferences
     prefs.device, prefs.backend_python = args.device, args.python
     bpy.context.scene.monohuman.photo_path = str(Path(args.photo).resolve())
+    bpy.context.scene.monohuman.method = args.method
     server, paths = sys.modules[EXT + ".server"], sys.modules[EXT + ".paths"]
     out: dict = {"background": bpy.app.background, "runs": []}
     for execution in args.runs.split(","):
