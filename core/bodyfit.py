@@ -185,7 +185,6 @@ class _Problem:
         self.mask_pts = torch.as_tensor(np.stack([xs[pick] + 0.5, ys[pick] + 0.5], 1) if len(xs) else
                                         np.zeros((0, 2)), dtype=torch.float64)
         self._rest_key, self._rest = None, None
-        self.init = init
         self.init_pose = torch.as_tensor(init.pose)
 
     def project(self, pts: torch.Tensor, rot: torch.Tensor, log_scale, trans, root) -> torch.Tensor:
@@ -445,7 +444,7 @@ def pose_from_body(vertices_vox: np.ndarray, body: BodyModel | None = None) -> t
         return kabsch(rest[sel], v[sel]) if len(sel) >= 3 else np.eye(3)
 
     torso = world(["root", "pelvis.L", "pelvis.R", "spine05", "spine04"])
-    rot = {"__root__": torso}
+    rot: dict = {}
     pose = np.zeros((len(FIT_BONES), 3))
     for i, bone in enumerate(FIT_BONES):
         rot[bone] = world([bone])
