@@ -148,6 +148,7 @@ class FitResult:
     timings: dict = field(default_factory=dict)
     guessed: list = field(default_factory=list)   # body regions the photo did not show
     volume_shape: tuple = ()  # (D, H, W) of the volume frame the vertices are in (the root sits at depth D/2)
+    camera: np.ndarray | None = None  # 4x4 Anny frame -> volume frame (`camera_matrix`)
 
 
 # ------------------------------------------------------------------------------------------ the energy
@@ -315,10 +316,11 @@ def _run_stage(problem: _Problem, v: dict, stage: Stage, history: list, patience
         return float(_energy(problem.terms(v, stage.weights), stage.weights, priors))
 
 
-def initial_params(ev: Evidence, body: BodyModel, pose: np.ndarray | None = None,
+def initial_params(ev: Evidence, body: BodyModel | None = None, pose: np.ndarray | None = None,
                    global_rotation: np.ndarray | None = None, phenotype: np.ndarray | None = None) -> FitParams:
     """A starting point: the given (or rest) pose and orientation, the camera that best puts the body's
     visible keypoints onto the detected ones (least squares on scale and translation)."""
+    body = body or load_body_model()
     ph = np.full(6, 0.5) if phenotype is None else np.asarray(phenotype, float)
     pose = np.zeros((len(FIT_BONES), 3)) if pose is None else np.asarray(pose, float)
     rot = np.zeros(3) if global_rotation is None else np.asarray(global_rotation, float)
@@ -362,19 +364,20 @@ def fit_body(ev: Evidence, init: FitParams | None = None, body: BodyModel | None
         starts = [initial_params(ev, body, global_rotation=np.array([0, 0, np.pi]) if f else None) for f in flips]
     else:
         starts = [init]
-    best = None
-    if refine:
-        for start in starts:
-            problem = _Problem(body, ev, start)
-            v = _variables(start)
-            hist: list = []
-            for stage in stages[:2] if len(starts) > 1 else stages[:0]:
-                _run_stage(problem, v, stage, hist, cancel=cancel, priors=priors)
-            value = float(_energy(problem.terms(v, stages[1].weights), stages[1].weights, priors).detach()) \
-                if len(starts) > 1 else 0.0
-            if best is None or value < best[0]:
-                best = (value, v, problem, hist)
-        _, v, problem, history = best
+    if not refine:
+        params, energy = starts[0], float("nan")
+    else:
+        if len(starts) == 1:
+            problem, v = _Problem(body, ev, starts[0]), _variables(starts[0])
+        else:  # both orientations through the pose stage; the lower energy goes on
+            trials = []
+            for start in starts:
+                trial, tv, hist = _Problem(body, ev, start), _variables(start), []
+                for stage in stages[:2]:
+                    _run_stage(trial, tv, stage, hist, cancel=cancel, priors=priors)
+                value = float(_energy(trial.terms(tv, stages[1].weights), stages[1].weights, priors).detach())
+                trials.append((value, trial, tv, hist))
+            _, problem, v, history = min(trials, key=lambda t: t[0])
         done = {h[0] for h in history}
         for stage in stages:
             if stage.name not in done:
@@ -383,8 +386,6 @@ def fit_body(ev: Evidence, init: FitParams | None = None, body: BodyModel | None
                 timings[f"fit_{stage.name}"] = time.perf_counter() - t
         params = _params(v)
         energy = float(_energy(problem.terms(v, stages[-1].weights), stages[-1].weights, priors).detach())
-    else:
-        params, energy = starts[0], float("nan")
     timings["fit_total"] = time.perf_counter() - t0
     out = pose_body(params, ev.volume_shape, body)
     out.energy, out.history, out.timings = energy, history, timings
@@ -392,22 +393,29 @@ def fit_body(ev: Evidence, init: FitParams | None = None, body: BodyModel | None
     return out
 
 
+def camera_matrix(params: FitParams, rest_root: np.ndarray, volume_shape) -> np.ndarray:
+    """4x4 Anny frame -> volume frame of a parameter set: vox = scale A R (v - root) + (tx, ty, D/2), the
+    projection `_Problem.project` differentiates."""
+    R = params.scale * ANNY_TO_VOX.numpy() @ rotvec_to_matrix(torch.as_tensor(params.global_rotation)).numpy()
+    M = np.eye(4)
+    M[:3, :3] = R
+    M[:3, 3] = np.array([*params.translation, volume_shape[0] / 2.0]) - R @ np.asarray(rest_root, np.float64)
+    return M
+
+
 def pose_body(params: FitParams, volume_shape, body: BodyModel | None = None) -> FitResult:
     """The full mesh of a parameter set, in the volume frame (and its rest body in the Anny frame)."""
+    from core.frame import apply_transform
+
     body = body or load_body_model()
     with torch.no_grad():
-        ph = torch.as_tensor(params.phenotype, dtype=torch.float64)
-        rv, rh = body.rest(ph)
+        rv, rh = body.rest(torch.as_tensor(params.phenotype, dtype=torch.float64))
         posed = body.pose(rv, rh, torch.as_tensor(params.pose, dtype=torch.float64))
-        d = volume_shape[0]
-        R = ANNY_TO_VOX @ rotvec_to_matrix(torch.as_tensor(params.global_rotation, dtype=torch.float64))
-        shift = torch.as_tensor([*params.translation, d / 2.0])
-
-        def cam(p):
-            return ((R @ (p - rh[0]).T).T * params.scale + shift).numpy()
-
-        return FitResult(params, cam(posed.vertices), cam(posed.heads), cam(posed.tails), rv.numpy(), rh.numpy(),
-                         posed.transforms.numpy(), float("nan"), volume_shape=tuple(volume_shape))
+    rv, rh = rv.numpy(), rh.numpy()
+    camera = camera_matrix(params, rh[0], volume_shape)
+    cam = lambda p: apply_transform(p.numpy(), camera)  # noqa: E731
+    return FitResult(params, cam(posed.vertices), cam(posed.heads), cam(posed.tails), rv, rh,
+                     posed.transforms.numpy(), float("nan"), volume_shape=tuple(volume_shape), camera=camera)
 
 
 def evidence_from_detection(det, box, volume_shape) -> Evidence:

@@ -248,51 +248,31 @@ def fit_person(rgb: np.ndarray, det: Detection, initialiser: LoadedModel | None,
     elif initialiser is not None:
         verts_vox, _ = predict_body(initialiser, crop_rgb, crop_mask, crop_lm, device)
         pose, rotation = pose_from_body(verts_vox)
-        start = initial_params(evidence, _body_model(), pose=pose, global_rotation=rotation)
+        start = initial_params(evidence, pose=pose, global_rotation=rotation)
     else:
         start = None
     return fit_body(evidence, init=start, cancel=cancel, refine=refine), box, shape
 
 
-def _body_model():
-    from core.body_model import load_body_model
-
-    return load_body_model()
-
-
 def fit_to_metric(fitted, subject_height: float) -> np.ndarray:
-    """4x4 volume frame -> metric frame for a fitted body: scaled so that its REST pose is `subject_height`
-    tall (a crouching person is not squashed to it), lowest point on z = 0, centred on x = y = 0."""
-    from core.frame import VOX_TO_METRIC_AXES
-
-    rest_height = float(np.ptp(fitted.rest_vertices[:, 2]))
-    k = subject_height / rest_height / fitted.params.scale
-    T = np.eye(4)
-    T[:3, :3] = k * VOX_TO_METRIC_AXES
-    pts = apply_transform(fitted.vertices, T)
-    lo, hi = pts.min(0), pts.max(0)
-    T[:3, 3] = -np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
-    return T
+    """4x4 volume frame -> metric frame for a fitted body (`core.frame.metric_transform`), scaled so that its
+    REST pose is `subject_height` tall: a crouching person is not squashed to it."""
+    rest_height = float(np.ptp(fitted.rest_vertices[:, 2]))  # Anny metres; one of them is `scale` volume pixels
+    posed_height = float(np.ptp(fitted.vertices[:, 1])) / fitted.params.scale * subject_height / rest_height
+    return metric_transform(fitted.vertices, posed_height)
 
 
 def rest_rig(fitted, vox_to_metric: np.ndarray, subject_height: float):
     """The fitted body in Anny's rest pose (metres, standing on z = 0, `subject_height` tall) and its armature,
     with the pose that moves every bone from there to the photo's pose in the metric frame (`Rig.pose`)."""
-    from core.body_model import rotvec_to_matrix
-    from core.bodyfit import ANNY_TO_VOX
     from core.template import load_template
 
-    p = fitted.params
     rv, rh = fitted.rest_vertices, fitted.rest_heads
     c = subject_height / float(np.ptp(rv[:, 2]))
     anchor = np.array([(rv[:, 0].min() + rv[:, 0].max()) / 2, (rv[:, 1].min() + rv[:, 1].max()) / 2, rv[:, 2].min()])
     pre = np.diag([1 / c, 1 / c, 1 / c, 1.0])
     pre[:3, 3] = anchor  # rest metric -> Anny frame
-    cam = np.eye(4)
-    R = p.scale * ANNY_TO_VOX.numpy() @ rotvec_to_matrix(torch.as_tensor(p.global_rotation)).numpy()
-    cam[:3, :3] = R
-    cam[:3, 3] = np.array([*p.translation, fitted.volume_shape[0] / 2.0]) - R @ rh[0]  # as core.bodyfit.pose_body
-    pose = vox_to_metric @ cam @ fitted.transforms @ pre  # (J, 4, 4) rest metric -> posed metric
+    pose = vox_to_metric @ fitted.camera @ fitted.transforms @ pre  # (J, 4, 4) rest metric -> posed metric
     rest_vertices = (rv - anchor) * c
     rig = dataclasses.replace(rig_for_body(rest_vertices, (rh - anchor) * c), pose=pose)
     return trimesh.Trimesh(rest_vertices, load_template().faces, process=False), rig

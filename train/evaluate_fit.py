@@ -78,16 +78,10 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
         lm16 = np.concatenate([lm16, det.landmarks16[:, 2:]], 1) if lm16.shape[1] == 2 else lm16
         verts, _ = predict_body(initialiser, sample["rgb"], mask, lm16, device)
         pose, rotation = pose_from_body(verts)
-        start = initial_params(ev, _body(), pose=pose, global_rotation=rotation)
+        start = initial_params(ev, pose=pose, global_rotation=rotation)
     t = time.perf_counter()
     fitted = fit_body(ev, init=start, stages=stages, priors=priors)
     return {"fitted": fitted, "seconds": time.perf_counter() - t}
-
-
-def _body():
-    from core.body_model import load_body_model
-
-    return load_body_model()
 
 
 def volume_agreement(sample: dict, vertices: np.ndarray) -> float:
@@ -170,7 +164,9 @@ def evaluate_fit_photos(count: int = 8, seed: int = 1000, size: int = 384, devic
 
     torch_device = pick_device(device)
     loaded = load_model(initialiser, device=str(torch_device))
-    body = _body()
+    from core.body_model import load_body_model
+
+    body = load_body_model()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in tqdm(range(count), desc="photos", file=sys.stderr):
