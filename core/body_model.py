@@ -208,19 +208,20 @@ class BodyModel:
         """Every vertex the keypoints read (the fit must pose at least these)."""
         return np.unique(np.concatenate([self.coco_index.numpy().ravel(), list(self.extra.values())]))
 
-    def mediapipe_points(self, posed: PosedPoints, vertex_index) -> tuple[torch.Tensor, torch.Tensor]:
-        """(33, 3) the Anny point of each mediapipe landmark, (33,) its weight (0 where none corresponds).
-
-        `posed.vertices` must hold at least `keypoint_vertices()`, in the order of `vertex_index`."""
-        on_vertices, on_heads, weight = self.keypoint_matrices(tuple(np.asarray(vertex_index).tolist()))
+    @staticmethod
+    def mediapipe_points(posed: PosedPoints, matrices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(33, 3) the Anny point of each mediapipe landmark, (33,) its weight (0 where none corresponds), with
+        the `keypoint_matrices` of the vertices `posed` holds (built once per fit, not per step)."""
+        on_vertices, on_heads, weight = matrices
         return on_vertices @ posed.vertices + on_heads @ posed.heads, weight
 
-    @lru_cache(maxsize=8)
-    def keypoint_matrices(self, vertex_index: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Linear maps (33, M) from the posed vertices `vertex_index` and (33, J) from the posed bone heads to
-        the mediapipe points (`core.correspondence`), and the (33,) weights."""
+    def keypoint_matrices(self, vertex_index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Linear maps (33, M) from the posed vertices `vertex_index` (which must include `keypoint_vertices()`)
+        and (33, J) from the posed bone heads to the mediapipe points (`core.correspondence`), and the (33,)
+        weights."""
         from core.correspondence import MEDIAPIPE_TO_ANNY
 
+        vertex_index = np.asarray(vertex_index).tolist()
         where = {int(v): i for i, v in enumerate(vertex_index)}
         on_v = torch.zeros(33, len(vertex_index), dtype=torch.float64)
         on_h = torch.zeros(33, len(self.names), dtype=torch.float64)

@@ -167,6 +167,9 @@ class _Problem:
         sil = farthest_point_sample(rest, SILHOUETTE_POINTS)
         self.index = np.unique(np.concatenate([body.keypoint_vertices(), sil]))
         self.sil_rows = torch.as_tensor(np.searchsorted(self.index, sil))
+        self.keypoints = body.keypoint_matrices(self.index)
+        self.pair_a = torch.tensor([a for a, _ in DIRECTION_PAIRS])
+        self.pair_b = torch.tensor([b for _, b in DIRECTION_PAIRS])
         self.target = torch.as_tensor(ev.points, dtype=torch.float64)
         vis = np.clip(np.nan_to_num(ev.visibility), 0, 1)
         self.vis = torch.as_tensor(np.where(vis >= 0.3, vis, 0.0))
@@ -208,7 +211,7 @@ class _Problem:
             rv, rh = self._rest
         posed = body.pose(rv, rh, v["pose"], self.index)
         root = rh[0]
-        pts3, pw = body.mediapipe_points(posed, self.index)
+        pts3, pw = body.mediapipe_points(posed, self.keypoints)
         proj = self.project(pts3, v["global"], v["log_scale"], v["trans"], root)
         w = pw * self.vis
         if weights.get("torso_only"):
@@ -233,9 +236,7 @@ class _Problem:
         return out
 
     def _directions(self, proj: torch.Tensor) -> torch.Tensor:
-        pairs = list(DIRECTION_PAIRS)
-        a = torch.tensor([p[0] for p in pairs])
-        b = torch.tensor([p[1] for p in pairs])
+        a, b = self.pair_a, self.pair_b
         conf = torch.minimum(self.vis[a], self.vis[b])
 
         def cos(x, y):
@@ -327,7 +328,7 @@ def initial_params(ev: Evidence, body: BodyModel | None = None, pose: np.ndarray
     with torch.no_grad():
         rv, rh = body.rest(torch.as_tensor(ph))
         posed = body.pose(rv, rh, torch.as_tensor(pose))
-        pts, w = body.mediapipe_points(posed, np.arange(body.n_vertices))
+        pts, w = body.mediapipe_points(posed, body.keypoint_matrices(np.arange(body.n_vertices)))
         cam = (ANNY_TO_VOX @ rotvec_to_matrix(torch.as_tensor(rot)) @ (pts - rh[0]).T).T.numpy()
     wt = w.numpy() * (np.nan_to_num(ev.visibility) >= VISIBLE)
     if wt.sum() < 2 or np.ptp(ev.points[wt > 0, 1]) < 1e-3:

@@ -172,7 +172,7 @@ def test_body_model_poses_like_anny():
     assert err.mean() < 0.004 and err.max() < 0.02, (err.mean(), err.max())
     assert np.linalg.norm(posed.heads.numpy() - heads, axis=1).max() < 0.01
     # the keypoints the fit reads are anny's COCO regressor on the same vertices
-    pts, weight = body.mediapipe_points(posed, np.arange(body.n_vertices))
+    pts, weight = body.mediapipe_points(posed, body.keypoint_matrices(np.arange(body.n_vertices)))
     coco = bodies._static()["kp_weights"] @ verts
     from core.correspondence import COCO17_TO_MEDIAPIPE
 
