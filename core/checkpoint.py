@@ -305,11 +305,10 @@ def _is_data_file(js: Path) -> bool:
     from core.body_model import FORMAT as BODY_MODEL_FORMAT
 
     try:
-        with open(js, encoding="utf-8") as f:
-            head = f.read(200)
-    except OSError:
-        return False
-    return f'"format": "{BODY_MODEL_FORMAT}"' in head
+        doc = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # unreadable: list_models reports it as a broken model
+    return isinstance(doc, dict) and doc.get("format") == BODY_MODEL_FORMAT
 
 
 def list_models(search_dirs=None, verify: bool = False) -> list[dict]:

@@ -321,6 +321,16 @@ def test_build_mesh_with_armature(addon, clean_scene, tmp_path):
     check_body(obj, 1.70, 0.0)
 
 
+def evaluated_vertices(obj) -> np.ndarray:
+    """The mesh's vertices as the armature (its modifiers) shows them now."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    depsgraph.update()
+    evaluated = obj.evaluated_get(depsgraph)
+    co = np.array([v.co[:] for v in evaluated.to_mesh().vertices])
+    evaluated.to_mesh_clear()
+    return co
+
+
 def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_path):
     """A real HMNet result (the shipped model): 104 bones with their roll, and posing the left upper arm 60
     degrees moves every forearm and hand vertex and no leg vertex."""
@@ -343,11 +353,7 @@ def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_
 
     arm.pose.bones["upperarm01.L"].rotation_mode = "XYZ"
     arm.pose.bones["upperarm01.L"].rotation_euler = (0.0, 0.0, radians(60))
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    depsgraph.update()
-    evaluated = obj.evaluated_get(depsgraph)
-    posed = np.array([v.co[:] for v in evaluated.to_mesh().vertices])
-    evaluated.to_mesh_clear()
+    posed = evaluated_vertices(obj)
     moved = np.linalg.norm(posed - np.array([v.co[:] for v in obj.data.vertices]), axis=1)
     names = [str(n) for n in result["armature_names"]]
     w = result["armature_weights"]
@@ -375,20 +381,12 @@ def test_fitted_body_is_posed_as_in_the_photo_with_anny_rest_pose(addon, clean_s
     assert np.abs(rest - result["rest_vertices"]).max() < 1e-5
     assert np.ptp(rest[:, 2]) == pytest.approx(1.70, abs=1e-3)  # the rest pose is the subject height
 
-    def evaluated():
-        depsgraph = bpy.context.evaluated_depsgraph_get()
-        depsgraph.update()
-        ev = obj.evaluated_get(depsgraph)
-        co = np.array([v.co[:] for v in ev.to_mesh().vertices])
-        ev.to_mesh_clear()
-        return co
-
-    posed = evaluated()
+    posed = evaluated_vertices(obj)
     assert np.linalg.norm(posed - result["vertices"], axis=1).max() < 2e-3  # as fitted
     assert np.linalg.norm(posed - rest, axis=1).max() > 0.05  # and not the rest pose
     for pb in arm.pose.bones:  # Pose > Clear Transform: back to Anny's rest pose
         pb.matrix_basis.identity()
-    assert np.linalg.norm(evaluated() - rest, axis=1).max() < 1e-4
+    assert np.linalg.norm(evaluated_vertices(obj) - rest, axis=1).max() < 1e-4
 
 
 def test_build_mesh_failure_leaves_nothing(addon, clean_scene, tmp_path):
