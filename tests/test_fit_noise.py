@@ -1,0 +1,77 @@
+"""The fit's noise model (train/fit_noise.py): the truth written in the fit's parameters is the truth, and
+perturbed bodies are as wrong as the model says."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from core.body_model import FIT_BONES, load_body_model
+from core.bodyfit import pose_body
+from core.errors import DataError
+from train.dataset import read_manifest
+from train.fit_noise import NoiseModel, parameter_errors, perturb, truth_params
+from train.metrics_mesh import pa_mean_distance
+from train.samples import read_sample
+
+
+@pytest.fixture(scope="module")
+def sample_and_truth(tiny_dataset):
+    row = next(r for r in read_manifest(tiny_dataset) if r.get("split") == "test")
+    sample = read_sample(row["path"])
+    return sample, truth_params(sample)
+
+
+def _pa_mm(sample, params, body) -> float:
+    """PA surface error (mm) of a parameter set against the sample's true body (a 32x64x64 tiny volume is too
+    small for the IoU of train.evaluate_fit)."""
+    shape = tuple(int(x) for x in sample["volume_shape"])
+    vertices = pose_body(params, shape, body).vertices
+    return float(pa_mean_distance(vertices, sample["vertices_vox"].astype(np.float64))) * 1000.0 / float(
+        sample["meta"]["px_per_metre"])
+
+
+def _model(scale: float) -> NoiseModel:
+    n = len(FIT_BONES)
+    return NoiseModel(np.zeros((n, 3)), np.full((n, 3), 0.15 * scale), np.zeros(3), np.full(3, 0.1 * scale),
+                      np.zeros(6), np.full(6, 0.1 * scale), 0.0, 0.03 * scale, np.full(2, 0.02 * scale),
+                      flip_rate=0.0, samples=1)
+
+
+def test_truth_in_fit_parameters_is_the_truth(sample_and_truth):
+    sample, truth = sample_and_truth
+    error = _pa_mm(sample, truth, load_body_model())
+    assert error < 20.0, error  # the parameters can express a rendered body closely
+    same = parameter_errors(truth, truth)
+    assert np.allclose(same["pose"], 0) and np.allclose(same["global"], 0) and same["log_size"] == 0
+    assert same["flipped"] == 0
+
+
+def test_perturbed_bodies_are_as_wrong_as_the_noise(sample_and_truth):
+    sample, truth = sample_and_truth
+    body = load_body_model()
+    unchanged = perturb(truth, _model(0.0), np.random.default_rng(0))
+    assert np.allclose(unchanged.pose, truth.pose) and np.allclose(unchanged.global_rotation, truth.global_rotation)
+    assert np.isclose(unchanged.scale, truth.scale)
+    flipped = perturb(truth, dataclasses.replace(_model(0.0), flip_rate=1.0), np.random.default_rng(0))
+    turned = Rotation.from_rotvec(flipped.global_rotation) * Rotation.from_rotvec(truth.global_rotation).inv()
+    assert np.degrees(turned.magnitude()) == pytest.approx(180.0)
+
+    def mean_error(scale):
+        rng = np.random.default_rng(1)
+        return np.mean([_pa_mm(sample, perturb(truth, _model(scale), rng), body) for _ in range(3)])
+
+    small, large = mean_error(0.5), mean_error(2.0)
+    assert 5.0 < small < large, (small, large)
+
+
+def test_noise_model_round_trip_and_refusal():
+    model = _model(1.0)
+    again = NoiseModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert np.allclose(again.pose_std, model.pose_std) and again.log_size_std == pytest.approx(0.03)
+    with pytest.raises(DataError, match="noise model"):
+        NoiseModel.from_json({"format": "something else"})
