@@ -173,8 +173,18 @@ def perturb(params: FitParams, noise: NoiseModel, rng: np.random.Generator, body
     return FitParams(phenotype, pose, glob.as_rotvec(), scale, translation)
 
 
+def centred_errors(vertices: np.ndarray, sample: dict) -> dict:
+    """Mean vertex error (mm) with both bodies centred but not rotated or scaled, split into the image plane
+    and depth: how much of the error the photo could have shown."""
+    mm = 1000.0 / float(sample["meta"]["px_per_metre"])
+    v, t = np.asarray(vertices, float), np.asarray(sample["vertices_vox"], float)
+    d = (v - v.mean(0)) - (t - t.mean(0))
+    return {"image": float(np.linalg.norm(d[:, :2], axis=1).mean() * mm), "depth": float(np.abs(d[:, 2]).mean() * mm)}
+
+
 def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> dict:
-    """Fit `limit` held-out samples; the noise model, and the PA surface error (mm) of the real fits beside
+    """Fit `limit` held-out samples; the noise model, where the fits' errors are (per part, image plane against
+    depth), and the PA surface error (mm) of the real fits beside
     that of perturbed truths drawn from the model (the model's check), and the ceiling: the errors of the truth
     itself written in the fit's parameters (what a perfect fit would score)."""
     from core.checkpoint import load_model
@@ -187,7 +197,7 @@ def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> d
     initialiser = load_model("hmnet-default", device="cpu")
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     rows = [r for d in dirs for r in read_manifest(d) if r.get("split") == split][:limit]
-    errors, truths, fit_mm, ceiling = [], [], [], []
+    errors, truths, fit_mm, ceiling, parts, centred = [], [], [], [], [], []
     for row in tqdm(rows, desc="fit noise", file=sys.stderr):
         sample = read_sample(row["path"])
         try:
@@ -197,7 +207,10 @@ def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> d
         truth = truth_params(sample, body)
         errors.append(parameter_errors(fitted.params, truth, body))
         truths.append((sample, truth))
-        fit_mm.append(sample_errors(sample, fitted.vertices)["pa_surface_mm"])
+        got = sample_errors(sample, fitted.vertices)
+        fit_mm.append(got["pa_surface_mm"])
+        parts.append(got["pa_part_mm"])
+        centred.append(centred_errors(fitted.vertices, sample))
         ceiling.append(sample_errors(sample, pose_body(truth, fitted.volume_shape, body).vertices))
     model = noise_model(errors)
     rng = np.random.default_rng(seed)
@@ -206,7 +219,9 @@ def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> d
     return {"noise": model.to_json(), "errors": [{k: np.asarray(x).round(5).tolist() for k, x in e.items()}
                                                  for e in errors], "fit_pa_surface_mm": float(np.mean(fit_mm)),
             "perturbed_truth_pa_surface_mm": float(np.mean(drawn_mm)), "samples": len(errors),
-            "ceiling": {k: float(np.mean([c[k] for c in ceiling])) for k in ("pa_surface_mm", "pa_joint_mm", "iou")}}
+            "ceiling": {k: float(np.mean([c[k] for c in ceiling])) for k in ("pa_surface_mm", "pa_joint_mm", "iou")},
+            "fit_pa_part_mm": {k: float(np.mean([p[k] for p in parts])) for k in parts[0]},
+            "fit_centred_mm": {k: float(np.mean([c[k] for c in centred])) for k in centred[0]}}
 
 
 def main(argv=None) -> int:
