@@ -102,46 +102,28 @@ _models: dict[tuple, object] = {}  # (json path, weights mtime_ns, size, device)
 _models_lock = threading.Lock()
 
 
-def _resolve_model(model, method: str, extra_dirs) -> str:
-    """A bare model name (or "default") searched in `extra_dirs` first, then core's own search dirs.
-    Paths, and names not found in the extra dirs, are passed on unchanged (core reports what is missing)."""
-    if not extra_dirs:
-        return model
-    from core.checkpoint import default_search_dirs, resolve_model
-    from core.errors import ModelError
-    from core.reconstruct import DEFAULT_MODELS
-
-    name = DEFAULT_MODELS.get(method, model) if model in (None, "", "default") else str(model)
-    if os.sep in name or "/" in name:
-        return name
-    try:
-        js, _ = resolve_model(name, search_dirs=[Path(d) for d in extra_dirs] + default_search_dirs())
-    except ModelError:
-        return model
-    return str(js.with_suffix(""))
-
-
 def loaded_model(model, method: str, extra_dirs, device: str):
     """The model to hand to core.reconstruct: a LoadedModel kept from an earlier request of this process when
-    the same files (same mtime and size) were loaded for the same device, else loaded now and kept. For a
-    method outside CACHED_METHODS, or a model that does not resolve, the spec itself (core reports it)."""
-    spec = _resolve_model(model, method, extra_dirs)
+    the same files (same mtime and size) were loaded for the same device, else loaded now and kept. A bare name
+    (or "default") is searched in `extra_dirs` first, then core's own search dirs (core.models.find_model).
+    For a method outside CACHED_METHODS, or a model that does not resolve, the spec itself (core reports it)."""
     if method not in CACHED_METHODS:
-        return spec
-    from core.checkpoint import load_model, resolve_model
+        return model
+    from core.checkpoint import load_model
     from core.errors import ModelError
-    from core.reconstruct import DEFAULT_MODELS, pick_device
+    from core.models import default_search_dirs, find_model
+    from core.reconstruct import pick_device
 
     try:
-        js, wt = resolve_model(DEFAULT_MODELS[method] if spec in (None, "", "default") else spec)
-        st = wt.stat()
+        files = find_model(model, [Path(d) for d in extra_dirs] + default_search_dirs(), method=method)
+        st = files.weights.stat()
     except (ModelError, OSError):
-        return spec
+        return model
     dev = str(pick_device(device))
-    key = (str(js.resolve()), st.st_mtime_ns, st.st_size, dev)
+    key = (str(files.json.resolve()), st.st_mtime_ns, st.st_size, dev)
     with _models_lock:
         if key not in _models:
-            _models[key] = load_model(js.with_suffix(""), device=dev)
+            _models[key] = load_model(files.json, device=dev)
             while len(_models) > MODEL_CACHE_SIZE:
                 _models.pop(next(iter(_models)))
         return _models[key]
@@ -272,8 +254,9 @@ def load_result(path) -> dict:
 
 
 def _models_found() -> list[str]:
-    models = Path(__file__).resolve().parent.parent / "models"
-    return sorted(p.stem for p in models.glob("*.json")) if models.is_dir() else []
+    from core.models import list_models
+
+    return [e.name for e in list_models(deep=False)]
 
 
 def check() -> dict:

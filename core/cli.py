@@ -136,7 +136,7 @@ def _version(package: str) -> str:
 def cmd_info(args) -> int:
     import torch
 
-    from core.checkpoint import list_models
+    from core.models import list_models
 
     print(f"python      {platform.python_version()} ({platform.machine()})")
     for package in ("torch", "mediapipe", "opencv-contrib-python", "scikit-image", "trimesh", "bpy", "anny"):
@@ -149,9 +149,9 @@ def cmd_info(args) -> int:
     if not models:
         print("models      none installed: no trained model yet (see docs/RESULTS.md)")
     for m in models:
-        metrics = {k: v for k, v in (m.get("metrics") or {}).items() if not isinstance(v, (list, dict))}
-        status = f"broken: {m['problem']}" if not m.get("ok", True) else json.dumps(metrics)
-        print(f"model       {m['name']} [{m.get('method')}/{m.get('variant')}] {status}")
+        metrics = {k: v for k, v in m.metrics.items() if not isinstance(v, (list, dict))}
+        status = f"broken: {m.problem}" if not m.ok else json.dumps(metrics)
+        print(f"model       {m.name} [{m.method}/{m.variant}] {status}")
     return 0
 
 

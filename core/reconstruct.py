@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import trimesh
 
+from core import registry
 from core.checkpoint import LoadedModel, load_model
 from core.crop import CropBox, crop_box_from_mask, crop_image
 from core.detect import Detection, detect_person
@@ -34,13 +35,12 @@ from core.encode import encode
 from core.errors import Cancelled, ModelError, MonohumanError
 from core.frame import apply_transform, metric_transform
 from core.image_io import load_image
+from core.models import find_model
 from core.rig import Rig, rig_for_body, transfer_skin_weights
 from core.surface import extract_surface, surface_to_metric
 
-DEFAULT_MODELS = {"vrn": "vrn-default", "hmnet": "hmnet-default", "fit": "hmnet-default"}
-# The network each method runs ("fit" runs HumanMeshNet as its initialiser, as SPIN does).
-NETWORK_METHOD = {"vrn": "vrn", "hmnet": "hmnet", "fit": "hmnet"}
-NO_MODEL = ("none", "rest")  # model names that mean "fit from Anny's rest pose, no network"
+# Each method's default model (deprecated view of core.registry.METHODS: train/evaluate.py still reads it).
+DEFAULT_MODELS = {name: m.default_model for name, m in registry.METHODS.items()}
 FIT_VOLUME = (128, 128, 128)  # the fit's frame when no initialiser network gives one
 MAX_TEXTURE_SIDE = 2048
 ICP_POINTS = 2000  # body vertices used to align the HMNet body to a VRN surface
@@ -120,21 +120,20 @@ class _Stages:
 
 def _resolve_model(model, method: str, device: torch.device) -> LoadedModel:
     """The model to run; a model of another method than asked for is an error, not a surprise."""
-    if method not in DEFAULT_MODELS:
-        raise MonohumanError(f"Unknown method {method!r}.", f"Use one of: {', '.join(DEFAULT_MODELS)}.")
-    if model in (None, "default", ""):
-        model = DEFAULT_MODELS[method]
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=str(device))
-    want = NETWORK_METHOD[method]
-    got = getattr(loaded.network, "method", want)
-    if got != want and method == "fit":
-        raise ModelError(f"Model {loaded.name!r} is a {got} model; the fit starts from a HumanMeshNet model.",
-                         f"Give an hmnet model, or 'none' to start from Anny's rest pose (default: "
-                         f"{DEFAULT_MODELS['fit']}).")
-    if got != want:
-        raise ModelError(f"Model {loaded.name!r} is a {got} model, not a {method} model.",
-                         f"Use --method {got}, or give a {method} model (default: {DEFAULT_MODELS[method]}).")
-    return loaded
+    if method not in registry.METHODS:
+        raise MonohumanError(f"Unknown method {method!r}.", f"Use one of: {', '.join(registry.METHODS)}.")
+    spec = registry.METHODS[method]
+    if not isinstance(model, LoadedModel):
+        model = load_model(find_model(model, method=method).json, device=str(device))
+    got = getattr(model.network, "method", spec.network)
+    if got != spec.network and spec.runs_without_model:
+        raise ModelError(f"Model {model.name!r} is a {got} model; the {method} method starts from a "
+                         f"{spec.network} model.", f"Give a {spec.network} model, or 'none' to start from Anny's "
+                         f"rest pose (default: {spec.default_model}).")
+    if got != spec.network:
+        raise ModelError(f"Model {model.name!r} is a {got} model, not a {method} model.",
+                         f"Use --method {got}, or give a {method} model (default: {spec.default_model}).")
+    return model
 
 
 def _front_uv(points_vox: np.ndarray, box: CropBox, volume_hw: tuple[int, int], image_hw: tuple[int, int]):
@@ -300,7 +299,7 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     torch_device = pick_device(device)
 
     stage("model")
-    if method == "fit" and (init is not None or model in NO_MODEL):
+    if method == "fit" and (init is not None or model in registry.NO_MODEL):
         loaded = None  # no network: the fit starts from given parameters or from the rest pose
     else:
         loaded = _resolve_model(model, method, torch_device)

@@ -16,7 +16,8 @@ import torch
 import trimesh
 from PIL import Image
 
-from core.checkpoint import list_models, load_model, save_model
+from core.checkpoint import load_model, save_model
+from core.models import list_models
 from core.errors import ArgumentError, InputError, ModelError, MonohumanError, OutputError
 from core.export import save_mesh, side_name, write_files
 from core.image_io import MAX_SIDE, load_image
@@ -201,7 +202,7 @@ def test_info_flags_truncated_weights(tiny_untrained, tmp_path):
     wt = m.with_suffix(".safetensors")
     wt.write_bytes(wt.read_bytes()[:-100])
     [entry] = list_models([tmp_path])
-    assert not entry["ok"] and "truncated" in entry["problem"]
+    assert not entry.ok and "truncated" in entry.problem
 
 
 # ------------------------------------------------------------------------- photos

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.checkpoint import list_models, load_model, save_model
+from core.checkpoint import load_model, save_model
+from core.models import list_models
 from core.errors import ModelError
 from core.networks import build_vrn, config_for
 
@@ -75,10 +76,11 @@ def test_bare_name_search_and_list(tmp_path, saved, monkeypatch):
         load_model("nope")
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "broken.safetensors").write_bytes(b"x")
-    entries = {e["name"]: e for e in list_models([tmp_path])}
-    assert entries["tiny"]["ok"] and entries["tiny"]["variant"] == "multistack"
-    assert entries["tiny"]["method"] == "vrn" and entries["tiny"]["metrics"] == {"heldout_iou": 0.5}
-    assert not entries["broken"]["ok"] and "not valid JSON" in entries["broken"]["problem"]
+    entries = {e.name: e for e in list_models([tmp_path])}
+    assert entries["tiny"].ok and entries["tiny"].variant == "multistack"
+    assert entries["tiny"].method == "vrn" and entries["tiny"].metrics == {"heldout_iou": 0.5}
+    assert not entries["broken"].ok and "not valid JSON" in entries["broken"].problem
+    assert {e.name for e in list_models([tmp_path], method="hmnet")} == {"broken"}  # kept: it says why
 
 
 def _edit_json(js, **changes):
@@ -190,11 +192,21 @@ def test_save_is_atomic_and_rejects_reserved(tmp_path, net, monkeypatch):
     save_model(tmp_path / "x", net, {})
     before = (tmp_path / "x.json").read_bytes()
 
-    def boom(*a, **k):
-        raise OSError("disk full")
+    import errno
 
-    monkeypatch.setattr(checkpoint.json, "dump", boom)
-    with pytest.raises(OSError):
+    from core import files
+    from core.errors import MonohumanError
+
+    real_fsync, calls = files.os.fsync, []
+
+    def full_on_the_json(fd):  # the weights are written, the disk fills up while writing the JSON
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", full_on_the_json)
+    with pytest.raises(MonohumanError, match="space"):
         save_model(tmp_path / "x", net, {"metrics": {"iou": 1}})
     assert (tmp_path / "x.json").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["x.json", "x.safetensors"]
