@@ -560,8 +560,8 @@ def finalise(out, args=None, scan_problems=None):
 
 def _joint_names():
     try:
-        from train.bodies import _static
-        return list(_static()["bone_labels"])
+        from train.bodies import topology
+        return list(topology().bone_labels)
     except Exception:
         return None
 

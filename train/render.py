@@ -218,11 +218,11 @@ def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32,
     pose = poses.sample_pose(rng, rest, kind="standing", perturb=0.5)
     deltas = pose["deltas"] if pose_spec is None else poses.spec_to_deltas(pose_spec, rest)
     verts, heads = bodies._forward(shape["phenotype"], deltas)
-    st = bodies._static()
+    st = bodies.topology()
     verts = verts - np.array([heads[0, 0], heads[0, 1], verts[:, 2].min()])
-    coco = st["kp_weights"] @ verts
-    body = bodies.Body(vertices=verts, faces=st["faces"], parts=st["parts"], joints=heads,
-                       joint_names=tuple(st["bone_labels"]), coco17=coco,
+    coco = st.kp_weights @ verts
+    body = bodies.Body(vertices=verts, faces=st.faces, parts=st.parts, joints=heads,
+                       joint_names=st.bone_labels, coco17=coco,
                        landmarks16=bodies.landmarks16_3d(coco), rest_vertices=rest["__vertices__"],
                        params=dict(shape))
     from train.scene import clothing_regions, dress, sample_appearance, sample_lights, sample_camera

@@ -248,8 +248,8 @@ def clothing_regions(body: Body, appearance: dict) -> np.ndarray:
     if body.source != "anny" or np.all(parts == PART_UNKNOWN):
         return reg  # scans keep their own look: one material (textures are not imported)
     rv = body.rest_vertices
-    from train.bodies import _static
-    coco = _static()["kp_weights"] @ rv
+    from train.bodies import topology
+    coco = topology().kp_weights @ rv
     sh_z = (coco[5, 2] + coco[6, 2]) / 2
     hip_z = (coco[11, 2] + coco[12, 2]) / 2
     knee_z = (coco[13, 2] + coco[14, 2]) / 2
