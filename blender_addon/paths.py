@@ -192,21 +192,27 @@ def backend_module():
     return core_module("backend")
 
 
-_protocol = None
+_core_files: dict = {}
+
+
+def core_file(name: str):
+    """The library's self-contained module core/<name>.py (stdlib, numpy and bpy only) loaded by path as
+    ``<this package>.core_<name>``, without importing any package named `core`: safe on Blender's main
+    thread whatever else is installed. Used for "backend" (the result reader) and "blender_mesh"."""
+    if name not in _core_files:
+        root = core_root()
+        if root is None:
+            raise ImportError(f"the Monohuman library (core/{name}.py) is not next to the add-on")
+        qualified = f"{__package__}.core_{name}"
+        spec = importlib.util.spec_from_file_location(qualified, root / "core" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module
+        spec.loader.exec_module(module)
+        _core_files[name] = module
+    return _core_files[name]
 
 
 def protocol():
-    """The library's core/backend.py loaded as ``<this package>.core_protocol``: the result reader
-    (`load_result`) for Blender's main thread, without importing any package named `core`."""
-    global _protocol
-    if _protocol is None:
-        root = core_root()
-        if root is None:
-            raise ImportError("the Monohuman library (core/backend.py) is not next to the add-on")
-        name = f"{__package__}.core_protocol"
-        spec = importlib.util.spec_from_file_location(name, root / "core" / "backend.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _protocol = module
-    return _protocol
+    """core/backend.py loaded by path (`core_file`): the result reader (`load_result`) and the result keys
+    for Blender's main thread."""
+    return core_file("backend")

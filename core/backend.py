@@ -76,12 +76,14 @@ RESULT_KEYS = (
     "timings",         # str (JSON dict, seconds per stage)
 )
 # Present only when the result has a rig (HumanMeshNet; VRN with "rig": true): names (J,) str, heads/tails
-# (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32, axes (J, 3, 3) float32 (bone x, y,
-# z as columns: the roll). The fitted body adds "armature_pose" (J, 4, 4) float32, rest -> posed per bone in
-# the metric frame, and "rest_vertices" (N, 3): the armature and the weights are then the REST pose's, and the
-# pose puts the body as in the photo ("vertices" is the posed body, for a result built without the armature).
-ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents",
-                 "armature_weights", "armature_axes")
+# (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32; and "armature_axes" (J, 3, 3) float32
+# (bone x, y, z as columns: the roll; a reader may do without). The fitted body adds POSE_KEYS: "armature_pose"
+# (J, 4, 4) float32, rest -> posed per bone in the metric frame, and "rest_vertices" (N, 3): the armature and
+# the weights are then the REST pose's, and the pose puts the body as in the photo ("vertices" is the posed
+# body, for a result built without the armature). The add-on reads these names from here (paths.protocol).
+ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents", "armature_weights")
+ARMATURE_AXES = "armature_axes"
+POSE_KEYS = ("armature_pose", "rest_vertices")
 
 LANDMARK_IMAGE_MAX_HEIGHT = 1024
 
@@ -171,24 +173,23 @@ def result_arrays(result, photo: str, texture: str, landmarks_image: str) -> dic
             "armature_tails": np.asarray(rig.tails, np.float32),
             "armature_parents": np.asarray(rig.parents, np.int32),
             "armature_weights": np.asarray(rig.dense_weights(), np.float32),
-            "armature_axes": np.asarray(rig.axes, np.float32),
+            ARMATURE_AXES: np.asarray(rig.axes, np.float32),
         })
         if getattr(rig, "pose", None) is not None:  # the fit: the armature is the rest pose, this poses it
-            out["armature_pose"] = np.asarray(rig.pose, np.float32)
-            out["rest_vertices"] = np.asarray(result.rest_mesh.vertices, np.float32)
+            out.update(zip(POSE_KEYS, (np.asarray(rig.pose, np.float32),
+                                       np.asarray(result.rest_mesh.vertices, np.float32))))
     return out
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_npz(path: Path, arrays: dict) -> None:
+    """The result file, complete or absent (core.files.write_atomic)."""
+    import io
+
+    from core.files import write_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 def run_request(request: dict, progress: Progress | None = None,
@@ -233,7 +234,7 @@ def run_request(request: dict, progress: Progress | None = None,
     timings["read"] = t_read
     timings["backend_total"] = time.perf_counter() - t0
     arrays["timings"] = np.array(json.dumps(timings))
-    _atomic_savez(out, arrays)
+    _write_npz(out, arrays)
     return out
 
 

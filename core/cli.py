@@ -78,7 +78,8 @@ def _outputs(args, default_output_path) -> tuple[Path, Path | None]:
 
 
 def cmd_reconstruct(args) -> int:
-    from core.export import mesh_files, write_files
+    from core.export import mesh_files
+    from core.files import write_files
     from core.reconstruct import default_output_path, reconstruct
     from core.validate import outputs_apart
 

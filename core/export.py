@@ -38,7 +38,7 @@ import numpy as np
 import trimesh
 
 from core.errors import MonohumanError
-from core.files import write_atomic, write_files  # noqa: F401 - write_atomic: core.preview uses it from here
+from core.files import write_files
 
 SUFFIXES = (".obj", ".ply", ".glb")
 

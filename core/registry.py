@@ -22,17 +22,21 @@ class NetworkKind:
     """One kind of network a model file can hold: where its code lives and how to describe its metrics."""
 
     name: str
-    module: str  # the module with the config class and the builder (imported lazily: it needs torch)
+    module: str  # the module with the config class and the builder, relative to `core` (imported lazily: torch)
     config_class: str  # its `from_dict` parses a model JSON's "config" (ValueError on a bad one)
     builder: str  # config -> nn.Module with `.config` and `.method` (= name)
     headline: tuple[str, str, str]  # (metric key training writes, label, format) shown in model listings
 
     def config_from_dict(self, data: dict) -> Any:
-        return getattr(importlib.import_module(self.module), self.config_class).from_dict(data)
+        return getattr(self._module(), self.config_class).from_dict(data)
 
     def build(self, config) -> Any:
-        builder: Callable = getattr(importlib.import_module(self.module), self.builder)
+        builder: Callable = getattr(self._module(), self.builder)
         return builder(config)
+
+    def _module(self):
+        # relative to this package, so the add-on's vendored copy (<add-on>.vendor.core) imports its own
+        return importlib.import_module(self.module, package=__package__)
 
     def summary(self, metrics) -> str:
         """The headline metric as training wrote it ('validation IoU 0.54'), or '' when the model has none."""
@@ -54,9 +58,9 @@ class Method:
 
 
 NETWORKS: dict[str, NetworkKind] = {
-    "vrn": NetworkKind("vrn", "core.networks.vrn", "VRNConfig", "build_vrn",
+    "vrn": NetworkKind("vrn", ".networks.vrn", "VRNConfig", "build_vrn",
                        ("val_iou", "validation IoU", ".2f")),
-    "hmnet": NetworkKind("hmnet", "core.networks.hmnet", "HMNetConfig", "build_hmnet",
+    "hmnet": NetworkKind("hmnet", ".networks.hmnet", "HMNetConfig", "build_hmnet",
                          ("val_surface_mm", "validation surface error (mm)", ".0f")),
 }
 

@@ -38,6 +38,7 @@ from skimage import measure
 
 from core import frame
 from core.errors import MonohumanError
+from core.geometry import vertex_normals
 
 TAUBIN_LAMBDA = 0.5
 TAUBIN_MU = -0.53
@@ -129,20 +130,6 @@ def signed_volume(verts, faces) -> float:
     """Enclosed volume of a closed triangle mesh; positive when the winding is outward."""
     v = np.asarray(verts, dtype=np.float64)[np.asarray(faces)]
     return float(np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6.0)
-
-
-def vertex_normals(verts, faces) -> np.ndarray:
-    """Area-weighted unit vertex normals (N, 3)."""
-    v = np.asarray(verts, dtype=np.float64)
-    f = np.asarray(faces)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
-    n = np.zeros_like(v)
-    for k in range(3):
-        for c in range(3):
-            n[:, c] += np.bincount(f[:, k], weights=fn[:, c], minlength=len(v))
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    norm[norm == 0] = 1.0
-    return n / norm
 
 
 def _quadric_decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:

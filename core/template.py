@@ -313,24 +313,18 @@ _TEMPLATES: dict = {}
 
 
 def save_template(path, arrays: dict) -> Path:
-    """Write the template file atomically (numpy .npz, no pickles)."""
-    import os
-    import tempfile
+    """Write the template file atomically (numpy .npz, no pickles; core.files.write_atomic)."""
+    import io
+
+    from core.files import write_atomic
 
     missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise ValueError(f"template arrays lack {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **{k: arrays[k] for k in KEYS})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: arrays[k] for k in KEYS})
+    write_atomic(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def load_template(path=None) -> Template:

@@ -19,7 +19,8 @@ from PIL import Image
 from core.checkpoint import load_model, save_model
 from core.models import list_models
 from core.errors import ArgumentError, InputError, ModelError, MonohumanError, OutputError
-from core.export import save_mesh, side_name, write_files
+from core.export import save_mesh, side_name
+from core.files import write_files
 from core.image_io import MAX_SIDE, load_image
 from core.networks import build_vrn, config_for
 from core.validate import validate_request

@@ -281,14 +281,3 @@ def body_from_mesh(vertices, faces, name: str = "scan") -> Body:
                 joints=np.zeros((0, 3)), joint_names=(), coco17=np.full((17, 3), np.nan),
                 landmarks16=np.full((16, 3), np.nan), rest_vertices=v,
                 params={"scan": name, "height_m": float(v[:, 2].max())}, source="scan")
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (outward for Anny's counter-clockwise faces)."""
-    v = vertices[faces]
-    fn = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return n / np.maximum(norm, 1e-12)
