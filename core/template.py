@@ -249,15 +249,6 @@ class Template:
     def smoothing(self, kind: str) -> torch.Tensor:
         return smoothing_matrix(self.edges(kind), self.vertex_count(kind))
 
-    def upsample_matrix(self) -> torch.Tensor:
-        """Sparse (N, n) float32: full = U @ subsampled."""
-        idx, w = self.arrays["up_index"], self.arrays["up_weight"]
-        rows = np.repeat(np.arange(len(idx)), idx.shape[1])
-        index = torch.from_numpy(np.stack([rows, idx.reshape(-1).astype(np.int64)]))
-        return torch.sparse_coo_tensor(index, torch.from_numpy(w.reshape(-1).copy()),
-                                       (self.full_count, self.vertex_count("subsampled")),
-                                       check_invariants=True).coalesce()
-
     def upsample(self, sub_vertices):
         """(n, 3) or (B, n, 3), numpy or torch -> the full mesh's vertices, same type."""
         idx, w = self.arrays["up_index"], self.arrays["up_weight"]
