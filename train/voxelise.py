@@ -263,6 +263,22 @@ def _boundary_columns(vertices, faces, shape_hw, margin_px):
 # Public API
 
 
+def _checked_mesh(vertices_vox, faces) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices float64 (N, 3), faces int64 (F, 3)); DataError for indices out of range or non-finite
+    coordinates (an empty mesh passes: it voxelises to nothing)."""
+    v = np.asarray(vertices_vox, dtype=np.float64).reshape(-1, 3)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0 or len(v) == 0:
+        return v, f
+    if f.min() < 0 or f.max() >= len(v):
+        raise DataError(f"mesh faces index vertex {int(f.max())} but the mesh has {len(v)} vertices.",
+                        "Re-export the mesh; its face list is corrupt.")
+    if not np.all(np.isfinite(v)):
+        raise DataError("mesh has non-finite (NaN or infinite) vertex coordinates.",
+                        "Fix or drop the mesh before voxelising it.")
+    return v, f
+
+
 def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: float = 2.0,
              z_stride: int = 4) -> np.ndarray:
     """Occupancy of a triangle mesh given in the continuous volume frame -> bool array (D, H, W).
@@ -278,16 +294,9 @@ def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: fl
     D, H, W = (int(x) for x in shape_dhw)
     if min(D, H, W) <= 0:
         raise ValueError(f"volume shape must be positive, got {tuple(shape_dhw)}")
-    v = np.asarray(vertices_vox, dtype=np.float64).reshape(-1, 3)
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    v, f = _checked_mesh(vertices_vox, faces)
     if len(f) == 0 or len(v) == 0:
         return np.zeros((D, H, W), dtype=bool)
-    if f.min() < 0 or f.max() >= len(v):
-        raise DataError(f"mesh faces index vertex {int(f.max())} but the mesh has {len(v)} vertices.",
-                        "Re-export the mesh; its face list is corrupt.")
-    if not np.all(np.isfinite(v)):
-        raise DataError("mesh has non-finite (NaN or infinite) vertex coordinates.",
-                        "Fix or drop the mesh before voxelising it.")
 
     if method == "auto":
         closed, oriented = mesh_is_closed(v, f)
@@ -313,28 +322,35 @@ def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: fl
     suspect[runs.ucols[np.abs(runs.column_total) > 0.5]] = True
     cols_s = np.nonzero(suspect)[0]
     if len(cols_s):
-        # Along a ray the winding number w jumps by exactly the signed crossings and is continuous
-        # between them, so g = w + run (run counts crossings with the opposite sign) is continuous:
-        # evaluate w exactly every `z_stride` voxels, interpolate g, add the crossings back.
-        zmin, zmax = v[:, 2].min(), v[:, 2].max()
-        d_lo = int(np.clip(np.floor(zmin - 0.5), 0, D))
-        d_hi = int(np.clip(np.ceil(zmax - 0.5) + 1, 0, D))
-        occ[:, cols_s] = False
-        if d_hi > d_lo:
-            dd = np.unique(np.r_[np.arange(d_lo, d_hi, max(1, int(z_stride))), d_hi - 1])
-            hh, ww = np.divmod(cols_s, W)
-            pts = np.stack(np.broadcast_arrays(ww[None, :] + 0.5, hh[None, :] + 0.5, dd[:, None] + 0.5),
-                           axis=-1).reshape(-1, 3)
-            wn = winding_numbers(pts, v, f).reshape(len(dd), len(cols_s))
-            g_s = wn + runs.at(dd, cols_s)
-            full = np.arange(d_lo, d_hi)
-            pos = np.interp(full, dd, np.arange(len(dd)))
-            i0 = np.floor(pos).astype(np.int64)
-            i1 = np.minimum(i0 + 1, len(dd) - 1)
-            frac = (pos - i0)[:, None]
-            g = g_s[i0] * (1 - frac) + g_s[i1] * frac
-            occ[d_lo:d_hi, cols_s] = np.abs(g - runs.at(full, cols_s)) >= 0.5
+        _exact_columns(occ, cols_s, runs, v, f, (D, H, W), z_stride)
     return occ.reshape(D, H, W)
+
+
+def _exact_columns(occ, cols_s, runs: _Runs, v, f, shape_dhw, z_stride: int) -> None:
+    """Fill the columns cols_s of occ (D, H*W) from the exact winding number. Along a ray the winding number w
+    jumps by exactly the signed crossings and is continuous between them, so g = w + run (run counts crossings
+    with the opposite sign) is continuous: evaluate w exactly every `z_stride` voxels, interpolate g, add the
+    crossings back."""
+    D, _, W = shape_dhw
+    zmin, zmax = v[:, 2].min(), v[:, 2].max()
+    d_lo = int(np.clip(np.floor(zmin - 0.5), 0, D))
+    d_hi = int(np.clip(np.ceil(zmax - 0.5) + 1, 0, D))
+    occ[:, cols_s] = False
+    if d_hi <= d_lo:
+        return
+    dd = np.unique(np.r_[np.arange(d_lo, d_hi, max(1, int(z_stride))), d_hi - 1])
+    hh, ww = np.divmod(cols_s, W)
+    pts = np.stack(np.broadcast_arrays(ww[None, :] + 0.5, hh[None, :] + 0.5, dd[:, None] + 0.5),
+                   axis=-1).reshape(-1, 3)
+    wn = winding_numbers(pts, v, f).reshape(len(dd), len(cols_s))
+    g_s = wn + runs.at(dd, cols_s)
+    full = np.arange(d_lo, d_hi)
+    pos = np.interp(full, dd, np.arange(len(dd)))
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, len(dd) - 1)
+    frac = (pos - i0)[:, None]
+    g = g_s[i0] * (1 - frac) + g_s[i1] * frac
+    occ[d_lo:d_hi, cols_s] = np.abs(g - runs.at(full, cols_s)) >= 0.5
 
 
 def _isotropic_scale(crop_to_volume: Callable, at_xy: np.ndarray) -> tuple[float, float]:
