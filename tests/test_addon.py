@@ -722,6 +722,7 @@ def test_zip_installs_as_an_extension(assets, tmp_path):
 EXAMPLE = ROOT / "examples" / "person.png"  # the project's own rendered photo; the shipped models run on it
 
 
+@pytest.mark.slow  # starts Blender or the backend process and reconstructs
 def test_headless_script_two_meshes_warm_backend_and_a_decoy_core(tmp_path):
     """A plain script in a fresh Blender user folder, with a stranger package named `core` imported in
     Blender and on PYTHONPATH: two `bpy.ops.monohuman.reconstruct()` calls with the backend give two meshes
@@ -798,6 +799,7 @@ def _server_request(server, op, request, timeout=60.0):
             return msgs
 
 
+@pytest.mark.slow  # starts Blender or the backend process and reconstructs
 def test_warm_backend_serves_restarts_and_stops(addon, tmp_path):
     """One process answers several requests; a stranger `core` on the caller's PYTHONPATH is not the one it
     runs; killed, the next request gets a new one; idle, it stops by itself; its logs are pruned."""
@@ -839,6 +841,7 @@ def test_warm_backend_serves_restarts_and_stops(addon, tmp_path):
     assert len(list(logs.glob("backend-*.log"))) == server.KEEP_LOGS
 
 
+@pytest.mark.slow  # starts Blender or the backend process and reconstructs
 def test_cancel_a_queued_request_at_once(addon, tmp_path):
     from blender_addon import server
 
