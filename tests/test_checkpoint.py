@@ -210,3 +210,19 @@ def test_save_is_atomic_and_rejects_reserved(tmp_path, net, monkeypatch):
         save_model(tmp_path / "x", net, {"metrics": {"iou": 1}})
     assert (tmp_path / "x.json").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["x.json", "x.safetensors"]
+
+
+def test_model_lookup_and_registry_need_no_torch_and_have_no_cycle():
+    """core.models and core.registry (what the add-on's main thread imports) pull in no torch; each network
+    module imports on its own (no network module imports the loader any more)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; import core.models, core.registry; assert 'torch' not in sys.modules, 'torch'; "
+            "entries = core.models.list_models(deep=False); assert {'vrn-default', 'hmnet-default'} <= "
+            "{e.name for e in entries}, entries; import core.networks.hmnet; "
+            "assert 'core.checkpoint' not in sys.modules, 'cycle'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
