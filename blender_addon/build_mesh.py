@@ -86,6 +86,38 @@ def _socket(sockets, identifier: str, fallback):
     return sockets[fallback]
 
 
+def _photo_node(nodes, links, image) -> bpy.types.Node:
+    """The photo, looked up through the UV map "Photo"."""
+    uvmap = nodes.new("ShaderNodeUVMap")
+    uvmap.uv_map = "Photo"
+    uvmap.location = (-900, 200)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.extension = "EXTEND"
+    tex.location = (-650, 250)
+    links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
+    return tex
+
+
+def _facing_node(nodes, links) -> bpy.types.Node:
+    """0 where the surface faces the camera (object-space normal.y <= FRONT_Y), 1 on the back (>= BACK_Y)."""
+    coord = nodes.new("ShaderNodeTexCoord")  # its Normal output is in object space
+    coord.location = (-900, -200)
+    sep = nodes.new("ShaderNodeSeparateXYZ")
+    sep.location = (-650, -200)
+    links.new(coord.outputs["Normal"], sep.inputs["Vector"])
+    ramp = nodes.new("ShaderNodeMapRange")
+    ramp.location = (-450, -200)
+    ramp.label = "Front (photo) -> back (fill)"
+    ramp.clamp = True
+    ramp.inputs["From Min"].default_value = FRONT_Y
+    ramp.inputs["From Max"].default_value = BACK_Y
+    ramp.inputs["To Min"].default_value = 0.0
+    ramp.inputs["To Max"].default_value = 1.0
+    links.new(sep.outputs["Y"], ramp.inputs["Value"])
+    return ramp
+
+
 def make_material(name: str, image: bpy.types.Image | None, fill_rgb) -> bpy.types.Material:
     """Photo projected through the UV map 'Photo' on the front, `fill_rgb` (sRGB 0..1) on the back."""
     mat = bpy.data.materials.new(name)
@@ -110,30 +142,8 @@ def make_material(name: str, image: bpy.types.Image | None, fill_rgb) -> bpy.typ
             mat.diffuse_color = (*fill, 1.0)
             return mat
 
-        uvmap = nodes.new("ShaderNodeUVMap")
-        uvmap.uv_map = "Photo"
-        uvmap.location = (-900, 200)
-        tex = nodes.new("ShaderNodeTexImage")
-        tex.image = image
-        tex.extension = "EXTEND"
-        tex.location = (-650, 250)
-        links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
-
-        coord = nodes.new("ShaderNodeTexCoord")  # its Normal output is in object space
-        coord.location = (-900, -200)
-        sep = nodes.new("ShaderNodeSeparateXYZ")
-        sep.location = (-650, -200)
-        links.new(coord.outputs["Normal"], sep.inputs["Vector"])
-        ramp = nodes.new("ShaderNodeMapRange")  # normal.y FRONT_Y (towards the camera) -> 0, BACK_Y -> 1
-        ramp.location = (-450, -200)
-        ramp.label = "Front (photo) -> back (fill)"
-        ramp.clamp = True
-        ramp.inputs["From Min"].default_value = FRONT_Y
-        ramp.inputs["From Max"].default_value = BACK_Y
-        ramp.inputs["To Min"].default_value = 0.0
-        ramp.inputs["To Max"].default_value = 1.0
-        links.new(sep.outputs["Y"], ramp.inputs["Value"])
-
+        tex = _photo_node(nodes, links, image)
+        ramp = _facing_node(nodes, links)
         rgb = nodes.new("ShaderNodeRGB")
         rgb.label = "Back fill (person's mean colour)"
         rgb.outputs[0].default_value = (*fill, 1.0)
