@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export ANNY_CACHE_DIR ?= $(HOME)/.cache/monohuman/anny
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench addon example clean
+.PHONY: setup demo test test-fast bench addon example clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the tests that render with Blender or train (marked `slow`).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -25,9 +25,9 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from . import paths
+
 COLLECTION_NAME = "Monohuman"
-ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents",
-                 "armature_weights")
 # Blend from photo to fill as the object-space normal's Y goes from FRONT_Y (facing the camera) to BACK_Y.
 FRONT_Y, BACK_Y = -0.35, 0.15
 MIN_WEIGHT = 1e-3
@@ -36,8 +36,6 @@ MIN_WEIGHT = 1e-3
 def load_result(path) -> dict:
     """The backend's result file, read by the library's own reader (core.backend.load_result, numpy only,
     loaded under this add-on's name: see paths.protocol)."""
-    from . import paths
-
     return paths.protocol().load_result(path)
 
 
@@ -76,32 +74,9 @@ class _Created:
 
 
 def make_mesh(name: str, vertices, faces, uv=None) -> bpy.types.Mesh:
-    """A triangle mesh from (N, 3) vertices, (F, 3) faces and optional per-vertex (N, 2) UVs."""
-    verts = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
-    tris = np.ascontiguousarray(faces, dtype=np.int32).reshape(-1, 3)
-    if len(verts) == 0 or len(tris) == 0:
-        raise ValueError("The result has no vertices or no faces.")
-    if tris.min() < 0 or tris.max() >= len(verts):
-        raise ValueError("The result's faces index vertices that do not exist.")
-    me = bpy.data.meshes.new(name)
-    try:
-        me.vertices.add(len(verts))
-        me.vertices.foreach_set("co", verts.ravel())
-        me.loops.add(tris.size)
-        me.loops.foreach_set("vertex_index", tris.ravel())
-        me.polygons.add(len(tris))
-        me.polygons.foreach_set("loop_start", np.arange(0, tris.size, 3, dtype=np.int32))
-        if uv is not None:
-            uvs = np.ascontiguousarray(uv, dtype=np.float32).reshape(-1, 2)
-            layer = me.uv_layers.new(name="Photo")
-            layer.data.foreach_set("uv", uvs[tris.ravel()].ravel())
-        me.update(calc_edges=True)
-        me.validate(clean_customdata=False)
-        me.shade_smooth()
-    except BaseException:
-        bpy.data.meshes.remove(me)
-        raise
-    return me
+    """A triangle mesh from (N, 3) vertices, (F, 3) faces and optional per-vertex (N, 2) UVs
+    (core/blender_mesh.py, shared with the training renders)."""
+    return paths.core_file("blender_mesh").mesh_from_arrays(name, vertices, faces, uv=uv)
 
 
 def _socket(sockets, identifier: str, fallback):
@@ -109,6 +84,38 @@ def _socket(sockets, identifier: str, fallback):
         if s.identifier == identifier:
             return s
     return sockets[fallback]
+
+
+def _photo_node(nodes, links, image) -> bpy.types.Node:
+    """The photo, looked up through the UV map "Photo"."""
+    uvmap = nodes.new("ShaderNodeUVMap")
+    uvmap.uv_map = "Photo"
+    uvmap.location = (-900, 200)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.extension = "EXTEND"
+    tex.location = (-650, 250)
+    links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
+    return tex
+
+
+def _facing_node(nodes, links) -> bpy.types.Node:
+    """0 where the surface faces the camera (object-space normal.y <= FRONT_Y), 1 on the back (>= BACK_Y)."""
+    coord = nodes.new("ShaderNodeTexCoord")  # its Normal output is in object space
+    coord.location = (-900, -200)
+    sep = nodes.new("ShaderNodeSeparateXYZ")
+    sep.location = (-650, -200)
+    links.new(coord.outputs["Normal"], sep.inputs["Vector"])
+    ramp = nodes.new("ShaderNodeMapRange")
+    ramp.location = (-450, -200)
+    ramp.label = "Front (photo) -> back (fill)"
+    ramp.clamp = True
+    ramp.inputs["From Min"].default_value = FRONT_Y
+    ramp.inputs["From Max"].default_value = BACK_Y
+    ramp.inputs["To Min"].default_value = 0.0
+    ramp.inputs["To Max"].default_value = 1.0
+    links.new(sep.outputs["Y"], ramp.inputs["Value"])
+    return ramp
 
 
 def make_material(name: str, image: bpy.types.Image | None, fill_rgb) -> bpy.types.Material:
@@ -135,30 +142,8 @@ def make_material(name: str, image: bpy.types.Image | None, fill_rgb) -> bpy.typ
             mat.diffuse_color = (*fill, 1.0)
             return mat
 
-        uvmap = nodes.new("ShaderNodeUVMap")
-        uvmap.uv_map = "Photo"
-        uvmap.location = (-900, 200)
-        tex = nodes.new("ShaderNodeTexImage")
-        tex.image = image
-        tex.extension = "EXTEND"
-        tex.location = (-650, 250)
-        links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
-
-        coord = nodes.new("ShaderNodeTexCoord")  # its Normal output is in object space
-        coord.location = (-900, -200)
-        sep = nodes.new("ShaderNodeSeparateXYZ")
-        sep.location = (-650, -200)
-        links.new(coord.outputs["Normal"], sep.inputs["Vector"])
-        ramp = nodes.new("ShaderNodeMapRange")  # normal.y FRONT_Y (towards the camera) -> 0, BACK_Y -> 1
-        ramp.location = (-450, -200)
-        ramp.label = "Front (photo) -> back (fill)"
-        ramp.clamp = True
-        ramp.inputs["From Min"].default_value = FRONT_Y
-        ramp.inputs["From Max"].default_value = BACK_Y
-        ramp.inputs["To Min"].default_value = 0.0
-        ramp.inputs["To Max"].default_value = 1.0
-        links.new(sep.outputs["Y"], ramp.inputs["Value"])
-
+        tex = _photo_node(nodes, links, image)
+        ramp = _facing_node(nodes, links)
         rgb = nodes.new("ShaderNodeRGB")
         rgb.label = "Back fill (person's mean colour)"
         rgb.outputs[0].default_value = (*fill, 1.0)
@@ -220,7 +205,8 @@ def make_armature(name: str, result: dict, mesh_obj: bpy.types.Object, coll: bpy
     tails = np.asarray(result["armature_tails"], np.float64)
     parents = np.asarray(result["armature_parents"], np.int64)
     weights = np.asarray(result["armature_weights"], np.float32)
-    axes = np.asarray(result["armature_axes"], np.float64) if "armature_axes" in result else None
+    axes_key = paths.protocol().ARMATURE_AXES
+    axes = np.asarray(result[axes_key], np.float64) if axes_key in result else None
     n_verts = len(mesh_obj.data.vertices)
     if not (len(names) == len(heads) == len(tails) == len(parents)) or weights.shape != (n_verts, len(names)):
         raise ValueError("The result's armature arrays do not match each other or the mesh.")
@@ -308,8 +294,8 @@ def build_result(result: dict, *, scene: bpy.types.Scene | None = None,
     created = _Created()
     try:
         coll = ensure_collection(scene, created)
-        rigged = add_armature and all(k in result for k in ARMATURE_KEYS)
-        posed = rigged and "armature_pose" in result and "rest_vertices" in result
+        rigged = add_armature and all(k in result for k in paths.protocol().ARMATURE_KEYS)
+        posed = rigged and all(k in result for k in paths.protocol().POSE_KEYS)
         # a posed rig (the fit): the mesh is built in the rest pose and the armature poses it as in the photo
         verts = result["rest_vertices"] if posed else result["vertices"]
         me = created.add(bpy.data.meshes, make_mesh(name, verts, result["faces"], result.get("uv")))

@@ -50,7 +50,7 @@ def make_request(context) -> dict:
     python = backend_python(prefs)
     return {
         "photo": photo,
-        "model": paths.resolve_model(props.model, prefs.models_dir, python, props.method),
+        "model": props.model.strip() or "default",  # a name is searched in model_dirs by the backend
         "method": props.method,
         "device": prefs.device.lower(),
         "subject_height": float(props.subject_height),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -135,41 +134,23 @@ def model_dirs(user_models: str = "", python: str = "") -> list[Path]:
     return out
 
 
-def list_models(user_models: str = "", python: str = "", method: str | None = None) -> list[dict]:
-    """Models found on disk: dicts with name, path (the stem, without suffix), method, description."""
-    found: dict[str, dict] = {}
-    for d in model_dirs(user_models, python):
-        for cfg in sorted(d.glob("*.json")):
-            if not cfg.with_suffix(".safetensors").is_file():
-                continue
-            try:
-                meta = json.loads(cfg.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if not isinstance(meta, dict) or meta.get("format") != "monohuman-model":
-                continue
-            m = str(meta.get("method", "vrn"))
-            if method and m != method:
-                continue
-            name = cfg.stem
-            if name in found:
-                continue
-            metrics = meta.get("metrics") or {}
-            iou = metrics.get("heldout_iou") if isinstance(metrics, dict) else None
-            desc = f"{m} model in {d}" + (f" (held-out IoU {iou:.2f})" if isinstance(iou, (int, float)) else "")
-            found[name] = {"name": name, "path": str(cfg.with_suffix("")), "method": m, "description": desc}
-    return list(found.values())
+def list_models(user_models: str = "", python: str = "", method: str | None = None) -> list:
+    """The models in `model_dirs` that can serve `method` (all when None), as core lists them
+    (`core.models.ModelEntry`: name, method, summary of the metrics training wrote, ok, problem), first of a
+    name only. Reads JSON only (no torch), so it runs on Blender's main thread. Empty when the library cannot
+    be imported here (another package named `core` shadows it)."""
+    try:
+        models = core_module("models")
+    except ImportError:
+        return []
+    entries = models.list_models(model_dirs(user_models, python), deep=False, method=method)
+    return [e for e in entries if e.ok and not e.shadowed]
 
 
-def resolve_model(model: str, user_models: str = "", python: str = "", method: str | None = None) -> str:
-    """What to pass to core as the model: a known name -> its path; "default" and paths pass through."""
-    model = (model or "default").strip()
-    if model == "default" or os.sep in model or "/" in model:
-        return os.path.expanduser(model)
-    for m in list_models(user_models, python, method=None):
-        if m["name"] == model:
-            return m["path"]
-    return model
+def model_description(entry) -> str:
+    """One line for the model search list: the kind, the folder and the headline metric."""
+    where = f"{entry.method} model in {entry.files.json.parent}"
+    return f"{where} ({entry.summary})" if entry.summary else where
 
 
 def _checkout_core_ok(root: Path) -> bool:
@@ -194,33 +175,44 @@ def in_process_available() -> bool:
     return _checkout_core_ok(root) if root is not None else vendor_root() is not None
 
 
-def backend_module():
-    """`core.backend` for the in-process path: ``<this package>.vendor.core.backend`` when installed from
-    the zip, the checkout's `core.backend` when run from a checkout. Imports torch lazily (callers run it in
-    a worker thread)."""
+def core_module(name: str):
+    """The library's module `core.<name>`: ``<this package>.vendor.core.<name>`` when installed from the zip,
+    the checkout's `core.<name>` when run from a checkout. Only torch-free modules (models, registry) may be
+    imported on Blender's main thread; `backend` imports torch lazily (callers run it in a worker thread)."""
     root = checkout_root()
     if root is None and vendor_root() is not None:
-        return importlib.import_module(f"{__package__}.vendor.core.backend")
+        return importlib.import_module(f"{__package__}.vendor.core.{name}")
     if root is None or not _checkout_core_ok(root):
         raise ImportError("another package named core shadows the Monohuman library in Blender's Python")
-    return importlib.import_module("core.backend")
+    return importlib.import_module(f"core.{name}")
 
 
-_protocol = None
+def backend_module():
+    """`core.backend` for the in-process path (see `core_module`)."""
+    return core_module("backend")
+
+
+_core_files: dict = {}
+
+
+def core_file(name: str):
+    """The library's self-contained module core/<name>.py (stdlib, numpy and bpy only) loaded by path as
+    ``<this package>.core_<name>``, without importing any package named `core`: safe on Blender's main
+    thread whatever else is installed. Used for "backend" (the result reader) and "blender_mesh"."""
+    if name not in _core_files:
+        root = core_root()
+        if root is None:
+            raise ImportError(f"the Monohuman library (core/{name}.py) is not next to the add-on")
+        qualified = f"{__package__}.core_{name}"
+        spec = importlib.util.spec_from_file_location(qualified, root / "core" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module
+        spec.loader.exec_module(module)
+        _core_files[name] = module
+    return _core_files[name]
 
 
 def protocol():
-    """The library's core/backend.py loaded as ``<this package>.core_protocol``: the result reader
-    (`load_result`) for Blender's main thread, without importing any package named `core`."""
-    global _protocol
-    if _protocol is None:
-        root = core_root()
-        if root is None:
-            raise ImportError("the Monohuman library (core/backend.py) is not next to the add-on")
-        name = f"{__package__}.core_protocol"
-        spec = importlib.util.spec_from_file_location(name, root / "core" / "backend.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _protocol = module
-    return _protocol
+    """core/backend.py loaded by path (`core_file`): the result reader (`load_result`) and the result keys
+    for Blender's main thread."""
+    return core_file("backend")

@@ -122,8 +122,8 @@ class MONOHUMAN_OT_start_backend(bpy.types.Operator):
             return {"CANCELLED"}
         warm = {"device": prefs.device.lower()}
         if props is not None:
-            warm.update(method=props.method, model=paths.resolve_model(props.model, prefs.models_dir,
-                                                                     backend.python, props.method))
+            warm.update(method=props.method, model=props.model.strip() or "default",
+                        model_dirs=[str(d) for d in paths.model_dirs(prefs.models_dir, backend.python)])
         backend.submit("warmup", warm, lambda msg: None)
         self.report({"INFO"}, f"Monohuman backend started (pid {backend.process.pid}).")
         return {"FINISHED"}

@@ -16,14 +16,17 @@ METHOD_ITEMS = (
 
 
 def _model_search(self, context, edit_text):
+    """(name, description) pairs: "default", the models that serve this method (their headline metric shown),
+    and "none" for the fit (start from Anny's rest pose)."""
     from .preferences import backend_python, get_prefs
 
     prefs = get_prefs(context)
-    names = ["default"]
-    network = {"fit": "hmnet"}.get(self.method, self.method)  # the fit starts from a HumanMeshNet model
-    names += [m["name"] for m in paths.list_models(prefs.models_dir, backend_python(prefs), network)] + (
-        ["none"] if self.method == "fit" else [])
-    return [n for n in names if edit_text.lower() in n.lower()] or names
+    items = [("default", f"the {self.method} method's default model")]
+    items += [(e.name, paths.model_description(e))
+              for e in paths.list_models(prefs.models_dir, backend_python(prefs), self.method)]
+    if self.method == "fit":
+        items.append(("none", "no network: start the fit from Anny's rest pose"))
+    return [it for it in items if edit_text.lower() in it[0].lower()] or items
 
 
 class MonohumanProperties(bpy.types.PropertyGroup):

@@ -76,12 +76,14 @@ RESULT_KEYS = (
     "timings",         # str (JSON dict, seconds per stage)
 )
 # Present only when the result has a rig (HumanMeshNet; VRN with "rig": true): names (J,) str, heads/tails
-# (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32, axes (J, 3, 3) float32 (bone x, y,
-# z as columns: the roll). The fitted body adds "armature_pose" (J, 4, 4) float32, rest -> posed per bone in
-# the metric frame, and "rest_vertices" (N, 3): the armature and the weights are then the REST pose's, and the
-# pose puts the body as in the photo ("vertices" is the posed body, for a result built without the armature).
-ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents",
-                 "armature_weights", "armature_axes")
+# (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32; and "armature_axes" (J, 3, 3) float32
+# (bone x, y, z as columns: the roll; a reader may do without). The fitted body adds POSE_KEYS: "armature_pose"
+# (J, 4, 4) float32, rest -> posed per bone in the metric frame, and "rest_vertices" (N, 3): the armature and
+# the weights are then the REST pose's, and the pose puts the body as in the photo ("vertices" is the posed
+# body, for a result built without the armature). The add-on reads these names from here (paths.protocol).
+ARMATURE_KEYS = ("armature_names", "armature_heads", "armature_tails", "armature_parents", "armature_weights")
+ARMATURE_AXES = "armature_axes"
+POSE_KEYS = ("armature_pose", "rest_vertices")
 
 LANDMARK_IMAGE_MAX_HEIGHT = 1024
 
@@ -102,46 +104,28 @@ _models: dict[tuple, object] = {}  # (json path, weights mtime_ns, size, device)
 _models_lock = threading.Lock()
 
 
-def _resolve_model(model, method: str, extra_dirs) -> str:
-    """A bare model name (or "default") searched in `extra_dirs` first, then core's own search dirs.
-    Paths, and names not found in the extra dirs, are passed on unchanged (core reports what is missing)."""
-    if not extra_dirs:
-        return model
-    from core.checkpoint import default_search_dirs, resolve_model
-    from core.errors import ModelError
-    from core.reconstruct import DEFAULT_MODELS
-
-    name = DEFAULT_MODELS.get(method, model) if model in (None, "", "default") else str(model)
-    if os.sep in name or "/" in name:
-        return name
-    try:
-        js, _ = resolve_model(name, search_dirs=[Path(d) for d in extra_dirs] + default_search_dirs())
-    except ModelError:
-        return model
-    return str(js.with_suffix(""))
-
-
 def loaded_model(model, method: str, extra_dirs, device: str):
     """The model to hand to core.reconstruct: a LoadedModel kept from an earlier request of this process when
-    the same files (same mtime and size) were loaded for the same device, else loaded now and kept. For a
-    method outside CACHED_METHODS, or a model that does not resolve, the spec itself (core reports it)."""
-    spec = _resolve_model(model, method, extra_dirs)
+    the same files (same mtime and size) were loaded for the same device, else loaded now and kept. A bare name
+    (or "default") is searched in `extra_dirs` first, then core's own search dirs (core.models.find_model).
+    For a method outside CACHED_METHODS, or a model that does not resolve, the spec itself (core reports it)."""
     if method not in CACHED_METHODS:
-        return spec
-    from core.checkpoint import load_model, resolve_model
+        return model
+    from core.checkpoint import load_model
     from core.errors import ModelError
-    from core.reconstruct import DEFAULT_MODELS, pick_device
+    from core.models import default_search_dirs, find_model
+    from core.reconstruct import pick_device
 
     try:
-        js, wt = resolve_model(DEFAULT_MODELS[method] if spec in (None, "", "default") else spec)
-        st = wt.stat()
+        files = find_model(model, [Path(d) for d in extra_dirs] + default_search_dirs(), method=method)
+        st = files.weights.stat()
     except (ModelError, OSError):
-        return spec
+        return model
     dev = str(pick_device(device))
-    key = (str(js.resolve()), st.st_mtime_ns, st.st_size, dev)
+    key = (str(files.json.resolve()), st.st_mtime_ns, st.st_size, dev)
     with _models_lock:
         if key not in _models:
-            _models[key] = load_model(js.with_suffix(""), device=dev)
+            _models[key] = load_model(files.json, device=dev)
             while len(_models) > MODEL_CACHE_SIZE:
                 _models.pop(next(iter(_models)))
         return _models[key]
@@ -189,24 +173,23 @@ def result_arrays(result, photo: str, texture: str, landmarks_image: str) -> dic
             "armature_tails": np.asarray(rig.tails, np.float32),
             "armature_parents": np.asarray(rig.parents, np.int32),
             "armature_weights": np.asarray(rig.dense_weights(), np.float32),
-            "armature_axes": np.asarray(rig.axes, np.float32),
+            ARMATURE_AXES: np.asarray(rig.axes, np.float32),
         })
         if getattr(rig, "pose", None) is not None:  # the fit: the armature is the rest pose, this poses it
-            out["armature_pose"] = np.asarray(rig.pose, np.float32)
-            out["rest_vertices"] = np.asarray(result.rest_mesh.vertices, np.float32)
+            out.update(zip(POSE_KEYS, (np.asarray(rig.pose, np.float32),
+                                       np.asarray(result.rest_mesh.vertices, np.float32))))
     return out
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_npz(path: Path, arrays: dict) -> None:
+    """The result file, complete or absent (core.files.write_atomic)."""
+    import io
+
+    from core.files import write_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 def run_request(request: dict, progress: Progress | None = None,
@@ -251,7 +234,7 @@ def run_request(request: dict, progress: Progress | None = None,
     timings["read"] = t_read
     timings["backend_total"] = time.perf_counter() - t0
     arrays["timings"] = np.array(json.dumps(timings))
-    _atomic_savez(out, arrays)
+    _write_npz(out, arrays)
     return out
 
 
@@ -272,8 +255,9 @@ def load_result(path) -> dict:
 
 
 def _models_found() -> list[str]:
-    models = Path(__file__).resolve().parent.parent / "models"
-    return sorted(p.stem for p in models.glob("*.json")) if models.is_dir() else []
+    from core.models import list_models
+
+    return [e.name for e in list_models(deep=False)]
 
 
 def check() -> dict:

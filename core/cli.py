@@ -78,7 +78,8 @@ def _outputs(args, default_output_path) -> tuple[Path, Path | None]:
 
 
 def cmd_reconstruct(args) -> int:
-    from core.export import mesh_files, write_files
+    from core.export import mesh_files
+    from core.files import write_files
     from core.reconstruct import default_output_path, reconstruct
     from core.validate import outputs_apart
 
@@ -136,7 +137,7 @@ def _version(package: str) -> str:
 def cmd_info(args) -> int:
     import torch
 
-    from core.checkpoint import list_models
+    from core.models import list_models
 
     print(f"python      {platform.python_version()} ({platform.machine()})")
     for package in ("torch", "mediapipe", "opencv-contrib-python", "scikit-image", "trimesh", "bpy", "anny"):
@@ -149,9 +150,9 @@ def cmd_info(args) -> int:
     if not models:
         print("models      none installed: no trained model yet (see docs/RESULTS.md)")
     for m in models:
-        metrics = {k: v for k, v in (m.get("metrics") or {}).items() if not isinstance(v, (list, dict))}
-        status = f"broken: {m['problem']}" if not m.get("ok", True) else json.dumps(metrics)
-        print(f"model       {m['name']} [{m.get('method')}/{m.get('variant')}] {status}")
+        metrics = {k: v for k, v in m.metrics.items() if not isinstance(v, (list, dict))}
+        status = f"broken: {m.problem}" if not m.ok else json.dumps(metrics)
+        print(f"model       {m.name} [{m.method}/{m.variant}] {status}")
     return 0
 
 

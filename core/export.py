@@ -38,7 +38,7 @@ import numpy as np
 import trimesh
 
 from core.errors import MonohumanError
-from core.files import write_atomic, write_files  # noqa: F401 - write_atomic: core.preview uses it from here
+from core.files import write_files
 
 SUFFIXES = (".obj", ".ply", ".glb")
 
@@ -211,50 +211,61 @@ def _influences(rig) -> tuple[np.ndarray, np.ndarray]:
     return index.astype(np.uint16), (weight / weight.sum(1, keepdims=True)).astype(np.float32)
 
 
-def _add_skin(glb: bytes, rig) -> bytes:
-    """The GLB written by trimesh (one mesh node) with ``rig`` added: bone nodes, a skin, JOINTS_0 and WEIGHTS_0.
-
-    GLB = 12-byte header, then a JSON chunk (padded with spaces) and a BIN chunk (padded with zeros), each
-    with an 8-byte header; the new arrays go at the end of the BIN chunk.
-    """
+def _read_glb(glb: bytes) -> tuple[dict, bytearray]:
+    """GLB = 12-byte header, then a JSON chunk (padded with spaces) and a BIN chunk (padded with zeros), each
+    with an 8-byte header. Returns (the JSON, the BIN chunk padded to 4 bytes, so new views start aligned)."""
     magic, version, _ = struct.unpack_from("<4sII", glb, 0)
     json_len, json_type = struct.unpack_from("<I4s", glb, 12)
     bin_len, bin_type = struct.unpack_from("<I4s", glb, 20 + json_len)
     if (magic, version, json_type, bin_type) != (b"glTF", 2, b"JSON", b"BIN\0"):
         raise _layout_error("its chunks are not JSON + BIN")
-    gltf = json.loads(glb[20:20 + json_len])
     binary = bytearray(glb[28 + json_len:28 + json_len + bin_len])
-    binary.extend(b"\0" * (-len(binary) % 4))  # trimesh pads already; new views start 4-byte aligned
+    binary.extend(b"\0" * (-len(binary) % 4))  # trimesh pads already
+    return json.loads(glb[20:20 + json_len]), binary
 
+
+def _write_glb(gltf: dict, binary: bytearray) -> bytes:
+    gltf["buffers"][0]["byteLength"] = len(binary)
+    text = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(binary)
+    return b"".join([struct.pack("<4sII", b"glTF", 2, total), struct.pack("<I4s", len(text), b"JSON"), text,
+                     struct.pack("<I4s", len(binary), b"BIN\0"), bytes(binary)])
+
+
+def _the_mesh(gltf: dict, vertex_count: int) -> tuple[dict, dict]:
+    """(primitive, node) of the one mesh trimesh wrote, checked to take a skin of `vertex_count` vertices."""
     meshes, mesh_nodes = gltf.get("meshes", []), [node for node in gltf["nodes"] if "mesh" in node]
     if len(meshes) != 1 or len(meshes[0]["primitives"]) != 1 or len(mesh_nodes) != 1:
         raise _layout_error("it is not one mesh node with one primitive")
     primitive, mesh_node = meshes[0]["primitives"][0], mesh_nodes[0]
     count = gltf["accessors"][primitive["attributes"]["POSITION"]]["count"]
-    if count != len(rig.skin_index):  # trimesh must keep the vertices as they are, one for one
-        raise _layout_error(f"it holds {count} vertices, the skin is for {len(rig.skin_index)}")
+    if count != vertex_count:  # trimesh must keep the vertices as they are, one for one
+        raise _layout_error(f"it holds {count} vertices, the skin is for {vertex_count}")
     identity = np.eye(4).ravel().tolist()
     if mesh_node.pop("matrix", identity) != identity or {"translation", "rotation", "scale"} & mesh_node.keys():
         raise _layout_error("the mesh node has a transform, which a skinned mesh ignores")
+    return primitive, mesh_node
 
-    def accessor(array: np.ndarray, kind: str, component: int, target: int | None = None) -> int:
-        """Append ``array`` to the BIN chunk as a new buffer view + accessor; returns the accessor index."""
-        view = {"buffer": 0, "byteOffset": len(binary), "byteLength": array.nbytes}
-        if target is not None:
-            view["target"] = target
-        binary.extend(array.tobytes())
-        binary.extend(b"\0" * (-len(binary) % 4))
-        gltf["bufferViews"].append(view)
-        gltf["accessors"].append({"bufferView": len(gltf["bufferViews"]) - 1, "componentType": component,
-                                  "count": len(array), "type": kind})
-        return len(gltf["accessors"]) - 1
 
-    joints, weights = _influences(rig)
-    primitive["attributes"]["JOINTS_0"] = accessor(joints, "VEC4", _USHORT, _ARRAY_BUFFER)
-    primitive["attributes"]["WEIGHTS_0"] = accessor(weights, "VEC4", _FLOAT, _ARRAY_BUFFER)
+def _append_accessor(gltf: dict, binary: bytearray, array: np.ndarray, kind: str, component: int,
+                     target: int | None = None) -> int:
+    """Append ``array`` to the BIN chunk as a new buffer view + accessor; returns the accessor index."""
+    view = {"buffer": 0, "byteOffset": len(binary), "byteLength": array.nbytes}
+    if target is not None:
+        view["target"] = target
+    binary.extend(array.tobytes())
+    binary.extend(b"\0" * (-len(binary) % 4))
+    gltf["bufferViews"].append(view)
+    gltf["accessors"].append({"bufferView": len(gltf["bufferViews"]) - 1, "componentType": component,
+                              "count": len(array), "type": kind})
+    return len(gltf["accessors"]) - 1
 
-    inverse_binds = np.linalg.inv(_bone_worlds(rig))
-    worlds = _bone_worlds(rig, posed=True)  # the nodes: where the bones are (the bind pose, or the rig's pose)
+
+def _add_bone_nodes(gltf: dict, rig) -> tuple[int, int]:
+    """One node per bone where the bone is (the bind pose, or the rig's pose), parented as the rig says, the
+    root added to the scene. Returns (index of the first bone node, index of the root's node)."""
+    worlds = _bone_worlds(rig, posed=True)
     first = len(gltf["nodes"])
     for b, name in enumerate(rig.names):
         parent = int(rig.parents[b])
@@ -266,14 +277,21 @@ def _add_skin(glb: bytes, rig) -> bytes:
             gltf["nodes"][first + parent].setdefault("children", []).append(first + b)
     root = first + int(np.flatnonzero(np.asarray(rig.parents) < 0)[0])
     gltf["scenes"][gltf.get("scene", 0)]["nodes"].append(root)
-    ibm = accessor(inverse_binds.transpose(0, 2, 1).astype(np.float32), "MAT4", _FLOAT)  # column-major
+    return first, root
+
+
+def _add_skin(glb: bytes, rig) -> bytes:
+    """The GLB written by trimesh (one mesh node) with ``rig`` added: bone nodes, a skin, JOINTS_0 and WEIGHTS_0
+    (the new arrays at the end of the BIN chunk)."""
+    gltf, binary = _read_glb(glb)
+    primitive, mesh_node = _the_mesh(gltf, len(rig.skin_index))
+    joints, weights = _influences(rig)
+    primitive["attributes"]["JOINTS_0"] = _append_accessor(gltf, binary, joints, "VEC4", _USHORT, _ARRAY_BUFFER)
+    primitive["attributes"]["WEIGHTS_0"] = _append_accessor(gltf, binary, weights, "VEC4", _FLOAT, _ARRAY_BUFFER)
+    first, root = _add_bone_nodes(gltf, rig)
+    inverse_binds = np.linalg.inv(_bone_worlds(rig)).transpose(0, 2, 1).astype(np.float32)  # column-major
+    ibm = _append_accessor(gltf, binary, inverse_binds, "MAT4", _FLOAT)
     gltf.setdefault("skins", []).append({"joints": list(range(first, first + len(rig.names))),
                                          "inverseBindMatrices": ibm, "skeleton": root})
     mesh_node["skin"] = len(gltf["skins"]) - 1
-    gltf["buffers"][0]["byteLength"] = len(binary)
-
-    text = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + 8 + len(binary)
-    return b"".join([struct.pack("<4sII", b"glTF", 2, total), struct.pack("<I4s", len(text), b"JSON"), text,
-                     struct.pack("<I4s", len(binary), b"BIN\0"), bytes(binary)])
+    return _write_glb(gltf, binary)

@@ -60,11 +60,3 @@ def write_files(files: dict) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
-
-
-def temp_beside(path: Path) -> str:
-    """A new empty temporary file next to `path` (same folder, so os.replace is atomic), with FILE_MODE."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
-    return tmp

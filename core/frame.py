@@ -18,7 +18,7 @@ Typical use::
     T = metric_transform(mesh_vox.vertices, subject_height=1.70)
     verts_m = apply_transform(mesh_vox.vertices, T)
     joints_m = apply_transform(joints_vox, T)          # same T for anything in the same volume
-    back = apply_transform(verts_m, invert_transform(T))
+    back = apply_transform(verts_m, np.linalg.inv(T))  # metric -> volume frame
 """
 
 from __future__ import annotations
@@ -93,31 +93,3 @@ def apply_transform(points, T) -> np.ndarray:
     if T.shape != (4, 4):
         raise ValueError(f"T must be 4x4, got {T.shape}")
     return pts @ T[:3, :3].T + T[:3, 3]
-
-
-def invert_transform(T) -> np.ndarray:
-    """Inverse of a 4x4 transform (e.g. metric -> volume frame)."""
-    return np.linalg.inv(np.asarray(T, dtype=np.float64))
-
-
-def to_metric(points_vox, subject_height: float = DEFAULT_SUBJECT_HEIGHT) -> tuple[np.ndarray, np.ndarray]:
-    """Convenience: ``(points_metric, T)`` with ``T = metric_transform(points_vox, subject_height)``."""
-    T = metric_transform(points_vox, subject_height)
-    return apply_transform(points_vox, T), T
-
-
-def to_volume(points_metric, T) -> np.ndarray:
-    """Metric-frame points back into the volume frame, given the ``T`` that took them there."""
-    return apply_transform(points_metric, invert_transform(T))
-
-
-def voxel_centres(indices_dhw) -> np.ndarray:
-    """Voxel indices ``(d, h, w)`` (N, 3) -> volume-frame centres ``(w + .5, h + .5, d + .5)``."""
-    idx = np.asarray(indices_dhw, dtype=np.float64)
-    return idx[..., ::-1] + 0.5
-
-
-def to_voxel_indices(points_vox) -> np.ndarray:
-    """Volume-frame points (N, 3) ``(x, y, z)`` -> the integer ``(d, h, w)`` of the voxel containing them."""
-    pts = np.asarray(points_vox, dtype=np.float64)
-    return np.floor(pts[..., ::-1]).astype(np.int64)

@@ -81,7 +81,7 @@ def _unit_floats(x: np.ndarray) -> np.ndarray:
 
 
 def save_png(path, rgb: np.ndarray) -> None:
-    """Write uint8 grey/RGB/RGBA as PNG via a temp file + os.replace, so readers never see half a file."""
+    """Write uint8 grey/RGB/RGBA as PNG atomically (core.files.write_atomic), so readers never see half a file."""
     from core.files import write_atomic
 
     write_atomic(Path(path), image_bytes(rgb, ".png"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.geometry import point_segment_distance
 from core.landmarks import MPII16_NAMES
 
 PART_NAMES = (
@@ -41,12 +42,6 @@ TORSO_INSIDE_COST = 0.35  # normalised cost of a pixel inside the torso quadrila
 HAND_EXTENT = 0.35
 FOOT_EXTENT = 0.20
 NECK_START = 0.30
-
-
-def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ab = b - a
-    t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
 
 
 def _inside_quad(p: np.ndarray, quad: np.ndarray) -> np.ndarray:
@@ -96,7 +91,7 @@ def parts_from_landmarks(mask, lm16, hands=None, feet=None) -> np.ndarray:
         return out
     p = np.stack([xs + 0.5, ys + 0.5], axis=1)
     segs = skeleton_segments(lm16, hands, feet)
-    cost = np.stack([_segment_distance(p, a, b) / rad for _, a, b, rad in segs], axis=1)
+    cost = np.stack([point_segment_distance(p, a, b) / rad for _, a, b, rad in segs], axis=1)
     j = {name: lm16[i, :2] for i, name in enumerate(MPII16_NAMES)}
     quad = np.stack([j["r_shoulder"], j["l_shoulder"], j["l_hip"], j["r_hip"]])
     torso = [k for k, s in enumerate(segs) if s[0] == PART["torso"]][0]

@@ -9,7 +9,7 @@
 3. **side**: seen from the person's left (Blender's right view: looking along -X, Y right, Z up), so
    the face points to the left of the panel.
 
-The mesh (metric frame, see core/frame.py) is drawn by a small vectorised numpy z-buffer rasteriser
+The mesh (metric frame, see core/frame.py) is drawn by core.geometry's numpy z-buffer rasteriser
 (orthographic, Lambert shading with interpolated vertex normals), both views at the same scale with the
 ground line Z = 0 and the height written in the corner.  Without a mesh, a shaded depth rendering of the
 occupancy volume is shown instead (volume frame: front = along depth, side = from +x).
@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.export import write_atomic
+from core.files import write_atomic
+from core.geometry import barycentrics, rasterise
 
 PANEL_HEIGHT = 512
 BACKGROUND = (40, 42, 48)
@@ -42,92 +43,6 @@ SKELETON = (
     (15, 14, _LEFT), (14, 13, _LEFT), (13, 7, _LEFT),
 )
 _JOINT_COLOURS = [_RIGHT] * 3 + [_LEFT] * 3 + [_MID] * 4 + [_RIGHT] * 3 + [_LEFT] * 3
-
-
-# --------------------------------------------------------------------------------------------------
-# rasteriser
-# --------------------------------------------------------------------------------------------------
-
-def rasterize(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: tuple[int, int]):
-    """Z-buffer a triangle mesh already projected to pixels.
-
-    uv: (N, 2) pixel coordinates (x right, y down; pixel (i, j) has its centre at (i + .5, j + .5));
-    depth: (N,) smaller = nearer; faces: (F, 3); size: (height, width).
-    Returns (face_id (H, W) int64 with -1 where empty, barycentrics (H, W, 3) float32).
-    """
-    H, W = size
-    faces = np.asarray(faces, dtype=np.int64)
-    tri = uv[faces]  # (F, 3, 2)
-    tz = depth[faces]  # (F, 3)
-    x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
-    x1, y1 = tri[:, 1, 0], tri[:, 1, 1]
-    x2, y2 = tri[:, 2, 0], tri[:, 2, 1]
-    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-    i0 = np.ceil(tri[:, :, 0].min(1) - 0.5).astype(np.int64)
-    i1 = np.floor(tri[:, :, 0].max(1) - 0.5).astype(np.int64)
-    j0 = np.ceil(tri[:, :, 1].min(1) - 0.5).astype(np.int64)
-    j1 = np.floor(tri[:, :, 1].max(1) - 0.5).astype(np.int64)
-    i0 = np.maximum(i0, 0)
-    j0 = np.maximum(j0, 0)
-    i1 = np.minimum(i1, W - 1)
-    j1 = np.minimum(j1, H - 1)
-    bw = i1 - i0 + 1
-    bh = j1 - j0 + 1
-    ok = (np.abs(area) > 1e-12) & (bw > 0) & (bh > 0)
-    fids = np.nonzero(ok)[0]
-    if len(fids) == 0:
-        return np.full((H, W), -1, np.int64), np.zeros((H, W, 3), np.float32)
-
-    zmin, zmax = float(tz.min()), float(tz.max())
-    zscale = (2**30 - 1) / max(zmax - zmin, 1e-12)
-    key_buf = np.full(H * W, np.iinfo(np.int64).max, dtype=np.int64)
-
-    kmax = np.maximum(bw, bh)[fids]
-    bucket = np.ceil(np.log2(np.maximum(kmax, 1))).astype(np.int64)
-    for b in np.unique(bucket):
-        K = 1 << int(b)
-        sel_all = fids[bucket == b]
-        oy, ox = np.divmod(np.arange(K * K), K)
-        chunk = max(1, 2_000_000 // (K * K))
-        for s in range(0, len(sel_all), chunk):
-            f = sel_all[s:s + chunk]
-            px = i0[f, None] + ox[None, :]
-            py = j0[f, None] + oy[None, :]
-            valid = (ox[None, :] < bw[f, None]) & (oy[None, :] < bh[f, None])
-            cx = px + 0.5
-            cy = py + 0.5
-            a = area[f, None]
-            w0 = ((x1[f, None] - cx) * (y2[f, None] - cy) - (x2[f, None] - cx) * (y1[f, None] - cy)) / a
-            w1 = ((x2[f, None] - cx) * (y0[f, None] - cy) - (x0[f, None] - cx) * (y2[f, None] - cy)) / a
-            w2 = 1.0 - w0 - w1
-            eps = -1e-7
-            inside = valid & (w0 >= eps) & (w1 >= eps) & (w2 >= eps)
-            if not inside.any():
-                continue
-            rows, cols = np.nonzero(inside)
-            z = (w0[rows, cols] * tz[f[rows], 0] + w1[rows, cols] * tz[f[rows], 1]
-                 + w2[rows, cols] * tz[f[rows], 2])
-            zq = np.clip((z - zmin) * zscale, 0, 2**30 - 1).astype(np.int64)
-            key = (zq << 24) | f[rows]
-            pix = py[rows, cols] * W + px[rows, cols]
-            np.minimum.at(key_buf, pix, key)
-
-    covered = key_buf != np.iinfo(np.int64).max
-    face_id = np.full(H * W, -1, dtype=np.int64)
-    face_id[covered] = key_buf[covered] & ((1 << 24) - 1)
-    face_id = face_id.reshape(H, W)
-
-    # barycentrics of each covered pixel centre in its winning face
-    bary = np.zeros((H * W, 3), np.float32)
-    pix = np.nonzero(covered)[0]
-    f = face_id.ravel()[pix]
-    cx = pix % W + 0.5
-    cy = pix // W + 0.5
-    a = area[f]
-    w0 = ((x1[f] - cx) * (y2[f] - cy) - (x2[f] - cx) * (y1[f] - cy)) / a
-    w1 = ((x2[f] - cx) * (y0[f] - cy) - (x0[f] - cx) * (y2[f] - cy)) / a
-    bary[pix] = np.stack([w0, w1, 1.0 - w0 - w1], axis=1)
-    return face_id, bary.reshape(H, W, 3)
 
 
 def _shade(face_id, bary, faces, vertex_normals_view, light_view):
@@ -168,7 +83,8 @@ def render_mesh_view(vertices, faces, vertex_normals, view: str, scale: float, o
     else:
         raise ValueError(f"view must be 'front' or 'side', got {view!r}")
     uv = np.stack([W / 2 + (hcoord - u0) * scale, ground_row - (V[:, 2] - z0) * scale], axis=1)
-    face_id, bary = rasterize(uv, depth, faces, (H, W))
+    face_id, _ = rasterise(uv, depth, faces, (H, W))
+    bary = barycentrics(uv, faces, face_id)
     # view space: x right, y down, z away from the viewer; light from the viewer, upper left
     light = np.array([-0.35, -0.45, -1.0])
     light /= np.linalg.norm(light)

@@ -1,17 +1,23 @@
-"""The public pipeline: photo -> detect -> crop -> encode -> network -> surface -> metric frame [-> rig].
+"""The public pipeline: photo -> detect -> crop -> (encode -> network | fit) -> surface -> metric frame [-> rig].
 
-Two methods share everything up to the crop:
+Three methods (`core.registry.METHODS`) share everything up to the detection:
 
-* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`).
+* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`). `rig=True`
+  rigs it from the fitted body (`fit_person`, initialised by the HumanMeshNet model `rig_model`; that
+  model's own body when the fit cannot run, with a warning): the body is mapped into the VRN volume, aligned
+  to the surface (trimesh ICP with scale), carries Anny's rig, and its skin weights go to the surface
+  (`core.rig.transfer_skin_weights`).
 * "hmnet": the network gives Anny's template vertices and joints in the volume frame; the mesh has Anny's
   topology and always comes with Anny's rig placed on the predicted body (`core.rig.rig_for_body`).
+* "fit": Anny's body fitted to the detected landmarks and mask (`core.bodyfit`), starting from the
+  HumanMeshNet model's prediction, from given parameters (`init`) or from Anny's rest pose (model "none");
+  the mesh is posed as in the photo, the rig is Anny's rest-pose armature plus the pose that moves it there
+  (`Result.rig.pose`, `Result.rest_mesh`).
 
-`rig=True` with "vrn" also runs the HMNet model on the same crop, aligns its body to the VRN surface
-(trimesh ICP, rotation + scale + translation) and transfers its skin weights to the VRN mesh
-(`core.rig.transfer_skin_weights`), so both methods can give a posable character.
-
-Everything here is glue: each stage is a function of its own module, so training, the CLI and the Blender
-add-on all run exactly the same code. Stages report progress and honour a cancel event between stages.
+A model is given by name or path (`core.models.find_model`, each method's default from the registry) or as
+an already loaded `core.checkpoint.LoadedModel` (the warm backend keeps them). Everything here is glue: each
+stage is a function of its own module, so training, the CLI and the Blender add-on all run exactly the same
+code. Stages report progress and honour a cancel event between stages.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 import trimesh
 
+from core import registry
 from core.checkpoint import LoadedModel, load_model
 from core.crop import CropBox, crop_box_from_mask, crop_image
 from core.detect import Detection, detect_person
@@ -34,13 +41,12 @@ from core.encode import encode
 from core.errors import Cancelled, ModelError, MonohumanError
 from core.frame import apply_transform, metric_transform
 from core.image_io import load_image
+from core.models import find_model
 from core.rig import Rig, rig_for_body, transfer_skin_weights
 from core.surface import extract_surface, surface_to_metric
 
-DEFAULT_MODELS = {"vrn": "vrn-default", "hmnet": "hmnet-default", "fit": "hmnet-default"}
-# The network each method runs ("fit" runs HumanMeshNet as its initialiser, as SPIN does).
-NETWORK_METHOD = {"vrn": "vrn", "hmnet": "hmnet", "fit": "hmnet"}
-NO_MODEL = ("none", "rest")  # model names that mean "fit from Anny's rest pose, no network"
+# Each method's default model (deprecated view of core.registry.METHODS: train/evaluate.py still reads it).
+DEFAULT_MODELS = {name: m.default_model for name, m in registry.METHODS.items()}
 FIT_VOLUME = (128, 128, 128)  # the fit's frame when no initialiser network gives one
 MAX_TEXTURE_SIDE = 2048
 ICP_POINTS = 2000  # body vertices used to align the HMNet body to a VRN surface
@@ -120,21 +126,20 @@ class _Stages:
 
 def _resolve_model(model, method: str, device: torch.device) -> LoadedModel:
     """The model to run; a model of another method than asked for is an error, not a surprise."""
-    if method not in DEFAULT_MODELS:
-        raise MonohumanError(f"Unknown method {method!r}.", f"Use one of: {', '.join(DEFAULT_MODELS)}.")
-    if model in (None, "default", ""):
-        model = DEFAULT_MODELS[method]
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=str(device))
-    want = NETWORK_METHOD[method]
-    got = getattr(loaded.network, "method", want)
-    if got != want and method == "fit":
-        raise ModelError(f"Model {loaded.name!r} is a {got} model; the fit starts from a HumanMeshNet model.",
-                         f"Give an hmnet model, or 'none' to start from Anny's rest pose (default: "
-                         f"{DEFAULT_MODELS['fit']}).")
-    if got != want:
-        raise ModelError(f"Model {loaded.name!r} is a {got} model, not a {method} model.",
-                         f"Use --method {got}, or give a {method} model (default: {DEFAULT_MODELS[method]}).")
-    return loaded
+    if method not in registry.METHODS:
+        raise MonohumanError(f"Unknown method {method!r}.", f"Use one of: {', '.join(registry.METHODS)}.")
+    spec = registry.METHODS[method]
+    if not isinstance(model, LoadedModel):
+        model = load_model(find_model(model, method=method).json, device=str(device))
+    got = getattr(model.network, "method", spec.network)
+    if got != spec.network and spec.runs_without_model:
+        raise ModelError(f"Model {model.name!r} is a {got} model; the {method} method starts from a "
+                         f"{spec.network} model.", f"Give a {spec.network} model, or 'none' to start from Anny's "
+                         f"rest pose (default: {spec.default_model}).")
+    if got != spec.network:
+        raise ModelError(f"Model {model.name!r} is a {got} model, not a {method} model.",
+                         f"Use --method {got}, or give a {method} model (default: {spec.default_model}).")
+    return model
 
 
 def _front_uv(points_vox: np.ndarray, box: CropBox, volume_hw: tuple[int, int], image_hw: tuple[int, int]):
@@ -300,79 +305,105 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     torch_device = pick_device(device)
 
     stage("model")
-    if method == "fit" and (init is not None or model in NO_MODEL):
+    if method == "fit" and (init is not None or model in registry.NO_MODEL):
         loaded = None  # no network: the fit starts from given parameters or from the rest pose
     else:
         loaded = _resolve_model(model, method, torch_device)
-    rigger, warnings = None, []
-    if rig and method == "vrn":
-        try:
-            rigger = _resolve_model(rig_model, "hmnet", torch_device)
-        except ModelError as err:
-            if rig_model not in (None, "", "default"):
-                raise
-            warnings.append(f"Not rigged: {err.problem} {err.fix}")  # the mesh is still worth having
+    rigger, warnings = _rigger(rig and method == "vrn", rig_model, torch_device)
     stage("detect")
     det = detect_person(rgb)
     if method == "fit":
         return _reconstruct_fit(rgb, det, loaded, torch_device, subject_height, init, refine, stage, warnings,
                                 cancel)
-    d, h, w = shape = tuple(loaded.config.volume_shape)
 
     stage("crop")
     box, crop_rgb, crop_mask, crop_landmarks = _crop_inputs(rgb, det, loaded)
-
-    volume, body_rig = None, None
     if method == "hmnet":
-        stage("network")
-        verts_vox, joints_vox = predict_body(loaded, crop_rgb, crop_mask, crop_landmarks, torch_device)
-        from core.template import load_template
-
-        stage("frame")
-        vox_to_metric = metric_transform(verts_vox, subject_height)
-        mesh = trimesh.Trimesh(apply_transform(verts_vox, vox_to_metric), load_template().faces, process=False)
-        joints = apply_transform(joints_vox, vox_to_metric)
-        stage("rig")
-        body_rig = rig_for_body(mesh.vertices, joints)
+        volume, (mesh, verts_vox, vox_to_metric, joints, body_rig) = None, _hmnet_body(
+            loaded, crop_rgb, crop_mask, crop_landmarks, torch_device, subject_height, stage)
     else:
         stage("encode")
         inputs = encode(crop_rgb, crop_landmarks, crop_mask, loaded.config.inputs)
-
-        stage("network")
-        volume = predict_volume(loaded, inputs, torch_device)
-
-        stage("surface")
-        mesh_vox = extract_surface(volume, level=surface_level(loaded), smooth_iterations=smoothing,
-                                   face_budget=face_budget)
-        verts_vox = np.asarray(mesh_vox.vertices)
-
-        stage("frame")
-        mesh, vox_to_metric = surface_to_metric(mesh_vox, subject_height)
-        joints = None
+        volume, mesh, verts_vox, vox_to_metric = _vrn_surface(loaded, inputs, torch_device,
+                                                              (smoothing, face_budget, subject_height), stage)
+        joints = body_rig = None
         if rigger is not None:
             stage("rig")
-            try:  # the fitted body is the rig's source; HumanMeshNet's own body only when the fit cannot run
-                fitted, r_box, r_shape = fit_person(rgb, det, rigger, torch_device, cancel=cancel)
-                body_vox, body_joints_vox = fitted.vertices, fitted.heads
-            except Cancelled:
-                raise
-            except MonohumanError as err:
-                warnings.append(f"Rigged from HumanMeshNet's body: the fit could not run ({err.problem})")
-                r_box, r_rgb, r_mask, r_lm = _crop_inputs(rgb, det, rigger)
-                body_vox, body_joints_vox = predict_body(rigger, r_rgb, r_mask, r_lm, torch_device)
-                r_shape = tuple(rigger.config.volume_shape)
-            to_metric = lambda p: apply_transform(_between_volumes(p, r_box, r_shape, box, shape), vox_to_metric)  # noqa: E731
-            body_rig = fit_body_rig(mesh, to_metric(body_vox), to_metric(body_joints_vox))
+            body_rig = _rig_surface(mesh, vox_to_metric, rgb, det, rigger, (box, tuple(loaded.config.volume_shape)),
+                                    torch_device, warnings, cancel)
             joints = body_rig.heads
 
     warnings += implausible(mesh)
-    uv = _front_uv(verts_vox, box, (h, w), rgb.shape[:2])
+    uv = _front_uv(verts_vox, box, tuple(loaded.config.volume_shape[1:]), rgb.shape[:2])
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
     name = loaded.name if rigger is None else f"{loaded.name} + {rigger.name} (rig)"
     return Result(mesh=mesh, uv=uv, image=rgb, volume=volume, landmarks16=det.landmarks16,
                   landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
                   model_name=name, timings=stage.finish(), warnings=warnings + list(det.warnings), method=method,
                   joints=joints, rig=body_rig)
+
+
+def _vrn_surface(loaded, inputs, device, options, stage):
+    """VRN's volume and its surface in the metric frame: (volume, mesh, vertices in the volume frame, 4x4
+    volume -> metric). options: (smoothing, face_budget, subject_height)."""
+    smoothing, face_budget, subject_height = options
+    stage("network")
+    volume = predict_volume(loaded, inputs, device)
+    stage("surface")
+    mesh_vox = extract_surface(volume, level=surface_level(loaded), smooth_iterations=smoothing,
+                               face_budget=face_budget)
+    stage("frame")
+    mesh, vox_to_metric = surface_to_metric(mesh_vox, subject_height)
+    return volume, mesh, np.asarray(mesh_vox.vertices), vox_to_metric
+
+
+def _rigger(wanted: bool, rig_model, device: torch.device) -> tuple[LoadedModel | None, list[str]]:
+    """The HumanMeshNet model that rigs a VRN surface, and a warning when the default one is missing (the mesh
+    is still worth having unrigged; a named one that is missing is an error)."""
+    if not wanted:
+        return None, []
+    try:
+        return _resolve_model(rig_model, "hmnet", device), []
+    except ModelError as err:
+        if rig_model not in (None, "", "default"):
+            raise
+        return None, [f"Not rigged: {err.problem} {err.fix}"]
+
+
+def _hmnet_body(loaded, crop_rgb, crop_mask, crop_landmarks, device, subject_height, stage):
+    """HumanMeshNet's body in the metric frame: (mesh, vertices in the volume frame, 4x4 volume -> metric,
+    joints, Anny's rig placed on it)."""
+    from core.template import load_template
+
+    stage("network")
+    verts_vox, joints_vox = predict_body(loaded, crop_rgb, crop_mask, crop_landmarks, device)
+    stage("frame")
+    vox_to_metric = metric_transform(verts_vox, subject_height)
+    mesh = trimesh.Trimesh(apply_transform(verts_vox, vox_to_metric), load_template().faces, process=False)
+    joints = apply_transform(joints_vox, vox_to_metric)
+    stage("rig")
+    return mesh, verts_vox, vox_to_metric, joints, rig_for_body(mesh.vertices, joints)
+
+
+def _rig_surface(mesh, vox_to_metric, rgb, det, rigger, frame, device, warnings, cancel) -> Rig:
+    """Rig a VRN surface (metres) from the fitted body (HumanMeshNet's own body when the fit cannot run, with
+    a warning). frame: (crop box, volume shape) of the VRN model, which the body is mapped into."""
+    box, shape = frame
+    try:
+        fitted, r_box, r_shape = fit_person(rgb, det, rigger, device, cancel=cancel)
+        body_vox, body_joints_vox = fitted.vertices, fitted.heads
+    except Cancelled:
+        raise
+    except MonohumanError as err:
+        warnings.append(f"Rigged from HumanMeshNet's body: the fit could not run ({err.problem})")
+        r_box, r_rgb, r_mask, r_lm = _crop_inputs(rgb, det, rigger)
+        body_vox, body_joints_vox = predict_body(rigger, r_rgb, r_mask, r_lm, device)
+        r_shape = tuple(rigger.config.volume_shape)
+
+    def to_metric(p):
+        return apply_transform(_between_volumes(p, r_box, r_shape, box, shape), vox_to_metric)
+
+    return fit_body_rig(mesh, to_metric(body_vox), to_metric(body_joints_vox))
 
 
 def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, stage, warnings, cancel) -> Result:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.geometry import rotation_about, smallest_rotation
+
 
 @dataclass
 class Rig:
@@ -135,7 +137,7 @@ def rig_for_body(vertices, joints, template=None, rest_vertices=None, min_weight
     for b in range(n):  # y exactly along head -> tail; the fit only sets the roll
         y = tails[b] - heads[b]
         if np.linalg.norm(y) > 1e-9:
-            axes[b] = _align(axes[b][:, 1], y / np.linalg.norm(y)) @ axes[b]
+            axes[b] = smallest_rotation(axes[b][:, 1], y) @ axes[b]
     return Rig(names=rest.names, parents=rest.parents, heads=heads, tails=tails, axes=axes,
                skin_index=rest.skin_index, skin_weight=rest.skin_weight)
 
@@ -168,25 +170,6 @@ def transfer_skin_weights(src_vertices, src_faces, src_index, src_weight, dst_ve
     w = np.take_along_axis(dense, keep, axis=1)
     w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
     return keep.astype(np.int64), w.astype(np.float32)
-
-
-def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit vector a to unit vector b."""
-    axis = np.cross(a, b)
-    s, c = np.linalg.norm(axis), float(np.clip(a @ b, -1.0, 1.0))
-    if s < 1e-12:
-        return np.eye(3) if c > 0 else rotation_about(np.cross(a, [1.0, 0, 0]) if abs(a[0]) < 0.9 else
-                                                      np.cross(a, [0, 1.0, 0]), 180.0)
-    return rotation_about(axis, np.degrees(np.arctan2(s, c)))
-
-
-def rotation_about(axis, degrees: float) -> np.ndarray:
-    """Rodrigues: rotation by `degrees` about `axis` (right-hand rule)."""
-    k = np.asarray(axis, dtype=np.float64)
-    k = k / np.linalg.norm(k)
-    a = np.radians(degrees)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
 
 
 def pose_transforms(rig: Rig, rotations: dict) -> np.ndarray:

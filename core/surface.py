@@ -38,6 +38,7 @@ from skimage import measure
 
 from core import frame
 from core.errors import MonohumanError
+from core.geometry import vertex_normals
 
 TAUBIN_LAMBDA = 0.5
 TAUBIN_MU = -0.53
@@ -131,20 +132,6 @@ def signed_volume(verts, faces) -> float:
     return float(np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6.0)
 
 
-def vertex_normals(verts, faces) -> np.ndarray:
-    """Area-weighted unit vertex normals (N, 3)."""
-    v = np.asarray(verts, dtype=np.float64)
-    f = np.asarray(faces)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
-    n = np.zeros_like(v)
-    for k in range(3):
-        for c in range(3):
-            n[:, c] += np.bincount(f[:, k], weights=fn[:, c], minlength=len(v))
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    norm[norm == 0] = 1.0
-    return n / norm
-
-
 def _quadric_decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
     try:
         import fast_simplification  # noqa: F401
@@ -177,71 +164,23 @@ def extract_surface(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if hasattr(volume, "detach"):  # a torch tensor, on any device
-        volume = volume.detach().float().cpu().numpy()
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"volume must be 3-D (D, H, W), got shape {vol.shape}")
-    if decimation not in ("resample", "quadric"):
-        raise ValueError(f"decimation must be 'resample' or 'quadric', got {decimation!r}")
-    if face_budget is not None and face_budget < 4:
-        raise ValueError(f"face_budget must be at least 4, got {face_budget}")
-    vol = vol.astype(np.float32, copy=False)
-    finite = np.isfinite(vol)
-    if not finite.all():
-        vol = np.where(finite, vol, 0.0).astype(np.float32)
+    vol = _checked_volume(volume, face_budget, decimation)
     vmax = float(vol.max()) if vol.size else float("-inf")
     if not vmax >= level:
         raise _empty_volume_error(level, vmax)
-    # crop to the bounding box of the inside voxels (cubes with no inside corner make no triangles),
-    # then pad with a value below the level so the surface closes at the borders of the volume
-    inside = vol >= level
-    lo = np.array([np.argmax(inside.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)])
-    hi = np.array([vol.shape[k] - np.argmax(inside.any(axis=tuple(a for a in range(3) if a != k))[::-1])
-                   for k in range(3)])
-    low = 0.0 if level > 0 else float(level) - 1.0
-    padded = np.pad(vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], 1, mode="constant", constant_values=low)
-    # padded index i along an axis is voxel lo + i - 1, whose centre is at lo + i - 0.5
-    origin = lo[::-1].astype(np.float64) - 0.5
+    run = _MarchingCubes(vol, level, keep_largest, timings)
     timings["crop_pad"] = time.perf_counter() - t0
-
-    def run(step: float):
-        t = time.perf_counter()
-        v, f = _marching_cubes(padded, level, step)
-        v += origin
-        timings["marching_cubes"] = timings.get("marching_cubes", 0.0) + time.perf_counter() - t
-        t = time.perf_counter()
-        if keep_largest:
-            v, f = _largest_component(v, f)
-        timings["components"] = timings.get("components", 0.0) + time.perf_counter() - t
-        return v, f
-
     verts, faces = run(1.0)
     if len(faces) == 0:
         raise _empty_volume_error(level, vmax)
-
     step = 1.0
-    if face_budget is not None and len(faces) > face_budget:
+    timings["decimation"] = 0.0
+    if face_budget is not None and len(faces) > face_budget and decimation == "resample":
         t = time.perf_counter()
         inner0 = timings["marching_cubes"] + timings["components"]
-        if decimation == "resample":
-            # faces scale like 1 / step^2; aim slightly under, grow the step until within budget
-            n_full = len(faces)
-            step = float(np.sqrt(n_full / face_budget)) * 1.02
-            for _ in range(30):
-                verts, faces = run(step)
-                if 0 < len(faces) <= face_budget:
-                    break
-                step *= 1.05 if len(faces) else 0.9
-            if not 0 < len(faces) <= face_budget:
-                raise MonohumanError(
-                    f"Could not bring the surface under {face_budget} faces.",
-                    "Use a larger face budget.",
-                )
+        verts, faces, step = _resample_within(run, len(faces), face_budget)
         inner = timings["marching_cubes"] + timings["components"] - inner0
         timings["decimation"] = time.perf_counter() - t - inner  # the re-runs count as their stages
-    else:
-        timings["decimation"] = 0.0
 
     t = time.perf_counter()
     verts = taubin_smooth(verts, faces, smooth_iterations)
@@ -262,10 +201,66 @@ def extract_surface(
     mesh.vertex_normals = vertex_normals(mesh.vertices, mesh.faces)  # cached: exporters write them
     timings["normals"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    mesh.metadata["surface_timings"] = timings
-    mesh.metadata["surface_step"] = step
-    mesh.metadata["frame"] = "volume"
+    mesh.metadata.update(surface_timings=timings, surface_step=step, frame="volume")
     return mesh
+
+
+def _checked_volume(volume, face_budget, decimation) -> np.ndarray:
+    """The volume as float32 numpy (a torch tensor on any device too), non-finite values set to 0; the
+    options checked (ValueError)."""
+    if hasattr(volume, "detach"):
+        volume = volume.detach().float().cpu().numpy()
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be 3-D (D, H, W), got shape {vol.shape}")
+    if decimation not in ("resample", "quadric"):
+        raise ValueError(f"decimation must be 'resample' or 'quadric', got {decimation!r}")
+    if face_budget is not None and face_budget < 4:
+        raise ValueError(f"face_budget must be at least 4, got {face_budget}")
+    vol = vol.astype(np.float32, copy=False)
+    finite = np.isfinite(vol)
+    return vol if finite.all() else np.where(finite, vol, 0.0).astype(np.float32)
+
+
+class _MarchingCubes:
+    """Marching cubes at a given step on the volume cropped to the bounding box of its inside voxels (cubes
+    with no inside corner make no triangles) and padded with a value below the level (so the surface closes
+    at the borders of the volume); vertices in the volume frame, the largest component kept when asked.
+    Adds its seconds to timings["marching_cubes"] and timings["components"]."""
+
+    def __init__(self, vol: np.ndarray, level: float, keep_largest: bool, timings: dict):
+        inside = vol >= level
+        lo = np.array([np.argmax(inside.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)])
+        hi = np.array([vol.shape[k] - np.argmax(inside.any(axis=tuple(a for a in range(3) if a != k))[::-1])
+                       for k in range(3)])
+        low = 0.0 if level > 0 else float(level) - 1.0
+        self.padded = np.pad(vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], 1, mode="constant", constant_values=low)
+        # padded index i along an axis is voxel lo + i - 1, whose centre is at lo + i - 0.5
+        self.origin = lo[::-1].astype(np.float64) - 0.5
+        self.level, self.keep_largest, self.timings = level, keep_largest, timings
+
+    def __call__(self, step: float):
+        t = time.perf_counter()
+        v, f = _marching_cubes(self.padded, self.level, step)
+        v += self.origin
+        self.timings["marching_cubes"] = self.timings.get("marching_cubes", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        if self.keep_largest:
+            v, f = _largest_component(v, f)
+        self.timings["components"] = self.timings.get("components", 0.0) + time.perf_counter() - t
+        return v, f
+
+
+def _resample_within(run: _MarchingCubes, n_full: int, face_budget: int):
+    """Marching cubes at a coarser step until the surface has at most face_budget faces: (verts, faces, step).
+    Faces scale like 1 / step^2; aim slightly under, grow the step until within budget."""
+    step = float(np.sqrt(n_full / face_budget)) * 1.02
+    for _ in range(30):
+        verts, faces = run(step)
+        if 0 < len(faces) <= face_budget:
+            return verts, faces, step
+        step *= 1.05 if len(faces) else 0.9
+    raise MonohumanError(f"Could not bring the surface under {face_budget} faces.", "Use a larger face budget.")
 
 
 def surface_to_metric(mesh_vox: trimesh.Trimesh,

@@ -249,15 +249,6 @@ class Template:
     def smoothing(self, kind: str) -> torch.Tensor:
         return smoothing_matrix(self.edges(kind), self.vertex_count(kind))
 
-    def upsample_matrix(self) -> torch.Tensor:
-        """Sparse (N, n) float32: full = U @ subsampled."""
-        idx, w = self.arrays["up_index"], self.arrays["up_weight"]
-        rows = np.repeat(np.arange(len(idx)), idx.shape[1])
-        index = torch.from_numpy(np.stack([rows, idx.reshape(-1).astype(np.int64)]))
-        return torch.sparse_coo_tensor(index, torch.from_numpy(w.reshape(-1).copy()),
-                                       (self.full_count, self.vertex_count("subsampled")),
-                                       check_invariants=True).coalesce()
-
     def upsample(self, sub_vertices):
         """(n, 3) or (B, n, 3), numpy or torch -> the full mesh's vertices, same type."""
         idx, w = self.arrays["up_index"], self.arrays["up_weight"]
@@ -313,24 +304,18 @@ _TEMPLATES: dict = {}
 
 
 def save_template(path, arrays: dict) -> Path:
-    """Write the template file atomically (numpy .npz, no pickles)."""
-    import os
-    import tempfile
+    """Write the template file atomically (numpy .npz, no pickles; core.files.write_atomic)."""
+    import io
+
+    from core.files import write_atomic
 
     missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise ValueError(f"template arrays lack {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **{k: arrays[k] for k in KEYS})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: arrays[k] for k in KEYS})
+    write_atomic(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def load_template(path=None) -> Template:

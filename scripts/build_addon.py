@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import os
 import re
 import subprocess
@@ -35,6 +36,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the repository's core
+    sys.path.insert(0, str(ROOT))
+from core.files import write_atomic  # noqa: E402
+
 MANIFEST = "blender_manifest.toml"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".git"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".zip", ".log", ".tmp"}
@@ -128,14 +133,14 @@ def build(out_dir: Path | None = None, include_models: bool = True, max_models_m
         if (root / lic).is_file():
             entries.append((root / lic, lic))
             break
-    tmp = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for src, arc in entries:
             compress = zipfile.ZIP_STORED if src.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
             zf.write(src, arc, compress_type=compress)
         for arc, text in texts:
             zf.writestr(arc, text, compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(tmp, zip_path)
+    write_atomic(zip_path, buf.getvalue())
     return zip_path
 
 

@@ -2,6 +2,11 @@
 
 Session-scoped and built once: a photo of a person, a tiny dataset and a tiny VRN trained on it for a few
 epochs (small enough for CPU CI, trained enough to produce a person-shaped volume).
+
+The fast tier (`make test-fast`, `pytest -m "not slow"`) leaves out every test marked `slow`: those that use
+one of these renders or the trained model (marked here, by the fixtures they need), whole modules that train
+or render in every test, and the tests marked by hand (Blender subprocesses, the add-on end to end).
+`make test` runs everything.
 """
 
 from __future__ import annotations
@@ -14,6 +19,19 @@ import pytest
 # anny builds an ~800 MB cache on first load: one stable folder per machine, never one per test.
 os.environ.setdefault("ANNY_CACHE_DIR", str(Path.home() / ".cache" / "monohuman" / "anny"))
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+# A test that needs one of these (directly or through another fixture) renders with Blender or trains.
+SLOW_FIXTURES = {"person_render", "person_photo", "person_photo_mask", "tiny_dataset", "tiny_model", "assets"}
+SLOW_MODULES = {"test_training", "test_bad_training", "test_make_dataset"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        if (module is not None and module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES) or \
+                SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 TINY_VOLUME = "32x64x64"
 TINY_SIZE = 64

@@ -231,6 +231,33 @@ def test_backend_python_autodetected_from_checkout():
     assert paths.backend_cwd(str(ROOT / ".venv" / "bin" / "python")) == ROOT
 
 
+def test_model_listing_shows_the_metric_training_wrote(prefs, props, tmp_path):
+    """The add-on lists models through core.models, and shows the headline metric under the key training
+    writes: a tiny VRN saved the way training saves it (metrics.val_iou + history), and the shipped models
+    (written by the real training runs: val_iou for VRN, val_surface_mm for HumanMeshNet)."""
+    import json
+
+    from blender_addon import paths, properties
+    from core.checkpoint import save_model
+    from core.networks import build_vrn, config_for
+
+    net = build_vrn(config_for("multistack", features=16, volume_shape=(12, 32, 16)))
+    history = [{"epoch": 1, "step": 4, "train_loss": 1.3, "val_iou": 0.61}]
+    save_model(tmp_path / "mine", net, {"metrics": {"val_iou": 0.61, "history": history}})
+    entries = {e.name: e for e in paths.list_models(str(tmp_path), "", "vrn")}
+    assert entries["mine"].summary == "validation IoU 0.61"
+    assert "validation IoU 0.61" in paths.model_description(entries["mine"])
+    shipped = {e.name: e for e in paths.list_models("", "", None)}
+    for name, key in (("vrn-default", "val_iou"), ("hmnet-default", "val_surface_mm")):
+        metrics = json.loads((ROOT / "models" / f"{name}.json").read_text())["metrics"]
+        assert key in metrics and shipped[name].summary.endswith(format(metrics[key], ".2f" if key == "val_iou"
+                                                                        else ".0f"))
+    assert "anny-body" not in shipped  # the fit's body model is data, not a network
+    prefs.models_dir, props.method = str(tmp_path), "fit"
+    names = [n for n, _ in properties._model_search(props, bpy.context, "")]
+    assert names[0] == "default" and "hmnet-default" in names and "mine" not in names and names[-1] == "none"
+
+
 # --------------------------------------------------------------------------------------------------
 # build_mesh on a synthetic result
 
@@ -695,6 +722,7 @@ def test_zip_installs_as_an_extension(assets, tmp_path):
 EXAMPLE = ROOT / "examples" / "person.png"  # the project's own rendered photo; the shipped models run on it
 
 
+@pytest.mark.slow  # starts Blender or the backend process and reconstructs
 def test_headless_script_two_meshes_warm_backend_and_a_decoy_core(tmp_path):
     """A plain script in a fresh Blender user folder, with a stranger package named `core` imported in
     Blender and on PYTHONPATH: two `bpy.ops.monohuman.reconstruct()` calls with the backend give two meshes
@@ -771,6 +799,7 @@ def _server_request(server, op, request, timeout=60.0):
             return msgs
 
 
+@pytest.mark.slow  # starts Blender or the backend process and reconstructs
 def test_warm_backend_serves_restarts_and_stops(addon, tmp_path):
     """One process answers several requests; a stranger `core` on the caller's PYTHONPATH is not the one it
     runs; killed, the next request gets a new one; idle, it stops by itself; its logs are pruned."""
@@ -812,6 +841,7 @@ def test_warm_backend_serves_restarts_and_stops(addon, tmp_path):
     assert len(list(logs.glob("backend-*.log"))) == server.KEEP_LOGS
 
 
+@pytest.mark.slow  # starts Blender or the backend process and reconstructs
 def test_cancel_a_queued_request_at_once(addon, tmp_path):
     from blender_addon import server
 

@@ -16,9 +16,11 @@ import torch
 import trimesh
 from PIL import Image
 
-from core.checkpoint import list_models, load_model, save_model
+from core.checkpoint import load_model, save_model
+from core.models import list_models
 from core.errors import ArgumentError, InputError, ModelError, MonohumanError, OutputError
-from core.export import save_mesh, side_name, write_files
+from core.export import save_mesh, side_name
+from core.files import write_files
 from core.image_io import MAX_SIDE, load_image
 from core.networks import build_vrn, config_for
 from core.validate import validate_request
@@ -201,7 +203,7 @@ def test_info_flags_truncated_weights(tiny_untrained, tmp_path):
     wt = m.with_suffix(".safetensors")
     wt.write_bytes(wt.read_bytes()[:-100])
     [entry] = list_models([tmp_path])
-    assert not entry["ok"] and "truncated" in entry["problem"]
+    assert not entry.ok and "truncated" in entry.problem
 
 
 # ------------------------------------------------------------------------- photos

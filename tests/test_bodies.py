@@ -37,14 +37,14 @@ def test_shapes_span_ages():
 
 def test_landmarks_follow_the_body():
     rest = bodies.rest_skeleton(NEUTRAL)
-    st = bodies._static()
+    st = bodies.topology()
     p = poses.sample_pose(np.random.default_rng(0), rest, kind="t_pose", perturb=0.0)
     v, _ = bodies._forward(NEUTRAL, p["deltas"])
-    lm = dict(zip(MPII16_NAMES, bodies.landmarks16_3d(st["kp_weights"] @ v)))
+    lm = dict(zip(MPII16_NAMES, bodies.landmarks16_3d(st.kp_weights @ v)))
     assert lm["head_top"][2] > lm["upper_neck"][2] > lm["thorax"][2] > lm["pelvis"][2] > lm["l_knee"][2]
     assert lm["l_wrist"][0] > 0.5 and lm["r_wrist"][0] < -0.5          # person's left is +X
     assert abs(lm["l_wrist"][2] - lm["l_shoulder"][2]) < 0.08           # T-pose: arms horizontal
-    head = v[st["parts"] == bodies.PART["head"]]
+    head = v[st.parts == bodies.PART["head"]]
     assert head[:, 2].min() > lm["thorax"][2] - 0.05
 
 
@@ -53,7 +53,7 @@ def test_base_poses_are_clean(kind):
     rest = bodies.rest_skeleton(NEUTRAL)
     p = poses.sample_pose(np.random.default_rng(0), rest, kind=kind, perturb=0.0)
     v, h = bodies._forward(NEUTRAL, p["deltas"])
-    assert poses.self_intersection(v, h, bodies._static()["parts"])["bad_vertices"] <= poses.MAX_BAD_VERTICES
+    assert poses.self_intersection(v, h, bodies.topology().parts)["bad_vertices"] <= poses.MAX_BAD_VERTICES
 
 
 def test_self_intersection_catches_an_arm_through_the_body():
@@ -61,7 +61,7 @@ def test_self_intersection_catches_an_arm_through_the_body():
     spec = poses._pose(poses._arm(abd=-10, fwd=0, twist=90, elbow=150), poses._arm())
     spec["arm_l"]["abd"] = -40  # beyond the limit on purpose: upper arm swung into the chest
     v, h = bodies._forward(NEUTRAL, poses.spec_to_deltas(spec, rest))
-    assert poses.self_intersection(v, h, bodies._static()["parts"])["bad_vertices"] > poses.MAX_BAD_VERTICES
+    assert poses.self_intersection(v, h, bodies.topology().parts)["bad_vertices"] > poses.MAX_BAD_VERTICES
 
 
 def test_rasterise_pixel_centres():

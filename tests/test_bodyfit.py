@@ -173,7 +173,7 @@ def test_body_model_poses_like_anny():
     assert np.linalg.norm(posed.heads.numpy() - heads, axis=1).max() < 0.01
     # the keypoints the fit reads are anny's COCO regressor on the same vertices
     pts, weight = body.mediapipe_points(posed, body.keypoint_matrices(np.arange(body.n_vertices)))
-    coco = bodies._static()["kp_weights"] @ verts
+    coco = bodies.topology().kp_weights @ verts
     from core.correspondence import COCO17_TO_MEDIAPIPE
 
     assert np.abs(pts.numpy()[COCO17_TO_MEDIAPIPE] - coco).max() < 0.02

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.checkpoint import list_models, load_model, save_model
+from core.checkpoint import load_model, save_model
+from core.models import list_models
 from core.errors import ModelError
 from core.networks import build_vrn, config_for
 
@@ -75,10 +76,11 @@ def test_bare_name_search_and_list(tmp_path, saved, monkeypatch):
         load_model("nope")
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "broken.safetensors").write_bytes(b"x")
-    entries = {e["name"]: e for e in list_models([tmp_path])}
-    assert entries["tiny"]["ok"] and entries["tiny"]["variant"] == "multistack"
-    assert entries["tiny"]["method"] == "vrn" and entries["tiny"]["metrics"] == {"heldout_iou": 0.5}
-    assert not entries["broken"]["ok"] and "not valid JSON" in entries["broken"]["problem"]
+    entries = {e.name: e for e in list_models([tmp_path])}
+    assert entries["tiny"].ok and entries["tiny"].variant == "multistack"
+    assert entries["tiny"].method == "vrn" and entries["tiny"].metrics == {"heldout_iou": 0.5}
+    assert not entries["broken"].ok and "not valid JSON" in entries["broken"].problem
+    assert {e.name for e in list_models([tmp_path], method="hmnet")} == {"broken"}  # kept: it says why
 
 
 def _edit_json(js, **changes):
@@ -190,11 +192,37 @@ def test_save_is_atomic_and_rejects_reserved(tmp_path, net, monkeypatch):
     save_model(tmp_path / "x", net, {})
     before = (tmp_path / "x.json").read_bytes()
 
-    def boom(*a, **k):
-        raise OSError("disk full")
+    import errno
 
-    monkeypatch.setattr(checkpoint.json, "dump", boom)
-    with pytest.raises(OSError):
+    from core import files
+    from core.errors import MonohumanError
+
+    real_fsync, calls = files.os.fsync, []
+
+    def full_on_the_json(fd):  # the weights are written, the disk fills up while writing the JSON
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", full_on_the_json)
+    with pytest.raises(MonohumanError, match="space"):
         save_model(tmp_path / "x", net, {"metrics": {"iou": 1}})
     assert (tmp_path / "x.json").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["x.json", "x.safetensors"]
+
+
+def test_model_lookup_and_registry_need_no_torch_and_have_no_cycle():
+    """core.models and core.registry (what the add-on's main thread imports) pull in no torch; each network
+    module imports on its own (no network module imports the loader any more)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; import core.models, core.registry; assert 'torch' not in sys.modules, 'torch'; "
+            "entries = core.models.list_models(deep=False); assert {'vrn-default', 'hmnet-default'} <= "
+            "{e.name for e in entries}, entries; import core.networks.hmnet; "
+            "assert 'core.checkpoint' not in sys.modules, 'cycle'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -12,7 +12,8 @@ from PIL import Image
 
 from core.errors import MonohumanError
 from core.export import YUP_TO_ZUP, ZUP_TO_YUP, save_mesh
-from core.preview import rasterize, render_preview, write_preview
+from core.geometry import barycentrics, rasterise
+from core.preview import render_preview, write_preview
 from core.surface import extract_surface, surface_to_metric
 
 
@@ -110,13 +111,16 @@ def test_axis_matrices():
 
 # --- preview -------------------------------------------------------------------------------------
 
-def test_rasterize_square():
+def test_rasterise_square():
     uv = np.array([[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0]])
-    face_id, bary = rasterize(uv, np.zeros(4), np.array([[0, 1, 2], [0, 2, 3]]), (40, 40))
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    face_id, zbuf = rasterise(uv, np.zeros(4), faces, (40, 40))
+    bary = barycentrics(uv, faces, face_id)
     covered = face_id >= 0
     assert covered.sum() == 400  # pixel centres 10.5..29.5 in both directions
     assert covered[10:30, 10:30].all()
     np.testing.assert_allclose(bary[covered].sum(1), 1.0, atol=1e-5)
+    assert (bary[covered] >= -1e-6).all() and np.isinf(zbuf[~covered]).all() and (zbuf[covered] == 0).all()
 
 
 def test_render_preview(tmp_path, body):

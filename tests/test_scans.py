@@ -131,3 +131,32 @@ def test_fbx_through_blender(tmp_path):
     assert np.allclose(m.extents, [0.4, 0.25, 1.7], atol=1e-4)
     assert np.isclose(m.bounds[0][2], 0.0, atol=1e-6)
     assert scan_problem(m) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="bpy (Blender) not installed")
+def test_dataset_card_says_why_each_scan_was_skipped(tmp_path):
+    """The reason iter_scans gives reaches the dataset's card.json (it used to read "could not be used")."""
+    import json
+    import os
+    from pathlib import Path
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    person_like().export(scans / "good.ply")
+    (scans / "empty.obj").write_text("")
+    (scans / "garbage.ply").write_bytes(b"\x00\x01 not a mesh \xff" * 40)
+    open_bowl().export(scans / "open.stl")
+    out = tmp_path / "ds"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "train.make_dataset", "--out", str(out), "--count", "1",
+                           "--scans", str(scans), "--size", "32", "--volume", "32x32x32", "--engine", "workbench",
+                           "--no-detect", "--threads", "1", "--progress", "none"],
+                          cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reasons = {s["file"]: s["reason"] for s in json.loads((out / "card.json").read_text())["skipped_scans"]}
+    assert set(reasons) == {"empty.obj", "garbage.ply", "open.stl"}
+    assert "empty" in reasons["empty.obj"] and "unreadable" in reasons["garbage.ply"]
+    assert reasons["open.stl"].startswith("too open")
+    assert "could not be used" not in json.dumps(reasons)

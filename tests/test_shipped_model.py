@@ -45,6 +45,7 @@ def heldout_renders(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # renders four bodies with Blender
 def test_shipped_model_reconstructs_heldout_renders(heldout_renders):
     summary = evaluate_model(DEFAULT_MODELS["vrn"], [heldout_renders], split="test", surface=False, device="cpu")
     assert summary["samples"] == 4

@@ -83,46 +83,53 @@ def get_model():
     return anny.Anny()
 
 
-@lru_cache(maxsize=1)
-def _static():
-    """Per-model constant data: faces, part labels, keypoint regressor, shape distribution."""
-    import torch
-    import anny
+@dataclass(frozen=True)
+class AnnyTopology:
+    """What every Anny body shares (the default rig and topology), built once per process by `topology()`."""
+
+    faces: np.ndarray  # (F, 3) int64 triangles
+    parts: np.ndarray  # (N,) uint8 part labels (PART_NAMES), see the module docstring
+    kp_weights: np.ndarray  # (17, N) anny's COCO keypoint regressor: coco17 = kp_weights @ vertices
+    bone_labels: tuple  # the 104 bone names, in JOINT order (= model.bone_labels)
+    bone_parents: tuple  # parent index per bone (-1 = root)
+    dist: object  # anny.shape_distribution.SimpleShapeDistribution: the phenotype law (sample_phenotype)
+
+    def as_dict(self) -> dict:
+        """The old untyped view (`_static()`), for the callers not yet switched."""
+        return dict(faces=self.faces, parts=self.parts, kp_weights=self.kp_weights, dist=self.dist,
+                    bone_labels=list(self.bone_labels), bone_parents=list(self.bone_parents))
+
+
+def _bone_part(name: str) -> int:
+    """The part a vertex belongs to when `name` is its dominant skinning bone (the module docstring's rule)."""
+    side = "l" if name.endswith(".L") else "r"
+    if name.startswith(("neck", "head", "eye")):
+        return PART["head"]
+    if name.startswith(("shoulder01", "upperarm")):
+        return PART[f"upper_arm_{side}"]
+    if name.startswith("lowerarm"):
+        return PART[f"lower_arm_{side}"]
+    if name.startswith(("wrist", "finger", "metacarpal")):
+        return PART[f"hand_{side}"]
+    if name.startswith("upperleg"):
+        return PART[f"upper_leg_{side}"]
+    if name.startswith("lowerleg"):
+        return PART[f"lower_leg_{side}"]
+    if name.startswith(("foot", "toe")):
+        return PART[f"foot_{side}"]
+    return PART["torso"]
+
+
+def _vertex_parts(model, faces: np.ndarray, labels: list) -> np.ndarray:
+    """Per-vertex part labels: the dominant skinning bone's part, overridden by anny's segmentation texture
+    (per face) for head, hands and feet."""
     from anny.face_segmentation import get_face_segmentation_mask
-    from anny.shape_distribution import SimpleShapeDistribution
 
-    model = get_model()
-    faces = model.faces.cpu().numpy().astype(np.int64)
-    labels = list(model.bone_labels)
     n = model.template_vertices.shape[0]
-
-    # Dominant skinning bone -> part.
     bidx = model.vertex_bone_indices.cpu().numpy()
     bw = model.vertex_bone_weights.cpu().numpy()
     dom = bidx[np.arange(n), bw.argmax(1)]
-
-    def bone_part(name: str) -> int:
-        side = "l" if name.endswith(".L") else "r"
-        if name.startswith(("neck", "head", "eye")):
-            return PART["head"]
-        if name.startswith(("shoulder01", "upperarm")):
-            return PART[f"upper_arm_{side}"]
-        if name.startswith("lowerarm"):
-            return PART[f"lower_arm_{side}"]
-        if name.startswith(("wrist", "finger", "metacarpal")):
-            return PART[f"hand_{side}"]
-        if name.startswith("upperleg"):
-            return PART[f"upper_leg_{side}"]
-        if name.startswith("lowerleg"):
-            return PART[f"lower_leg_{side}"]
-        if name.startswith(("foot", "toe")):
-            return PART[f"foot_{side}"]
-        return PART["torso"]
-
-    bone_to_part = np.array([bone_part(b) for b in labels], dtype=np.uint8)
-    parts = bone_to_part[dom]
-
-    # anny's segmentation texture (per face) overrides head, hands, feet.
+    parts = np.array([_bone_part(b) for b in labels], dtype=np.uint8)[dom]
     seg = [(["head", "eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R", "eye_cavity.L",
              "eye_cavity.R", "mouth_cavity", "tongue"], PART["head"]),
            (["hand.L"], PART["hand_l"]), (["hand.R"], PART["hand_r"]),
@@ -130,17 +137,28 @@ def _static():
     for names, part in seg:
         fmask = get_face_segmentation_mask(model, names).cpu().numpy()
         parts[np.unique(faces[fmask])] = part
+    return parts
 
+
+@lru_cache(maxsize=1)
+def topology() -> AnnyTopology:
+    """Faces, part labels, keypoint regressor, bone names and shape distribution of the Anny model."""
+    import anny
+    from anny.shape_distribution import SimpleShapeDistribution
+
+    model = get_model()
+    faces = model.faces.cpu().numpy().astype(np.int64)
+    labels = list(model.bone_labels)
     kp = anny.KeypointsRegressor.coco(model, labels=list(COCO17_NAMES))
-    kp_weights = kp.regression_weights.cpu().numpy()  # (17, N)
-    dist = SimpleShapeDistribution(model)
-    return dict(faces=faces, parts=parts, kp_weights=kp_weights, dist=dist, bone_labels=labels,
-                bone_parents=[int(p) for p in model.bone_parents])
+    return AnnyTopology(faces=faces, parts=_vertex_parts(model, faces, labels),
+                        kp_weights=kp.regression_weights.cpu().numpy(), bone_labels=tuple(labels),
+                        bone_parents=tuple(int(p) for p in model.bone_parents),
+                        dist=SimpleShapeDistribution(model))
 
 
-def part_labels() -> np.ndarray:
-    """Per-vertex part labels of the Anny topology (N,) uint8."""
-    return _static()["parts"].copy()
+def _static() -> dict:
+    """Deprecated untyped view of `topology()`: train/evaluate.py and train/fit_hmnet.py still call it."""
+    return topology().as_dict()
 
 
 # --------------------------------------------------------------------------------------------- shape
@@ -153,7 +171,7 @@ def sample_phenotype(rng: np.random.Generator) -> dict:
     """
     import torch
 
-    dist = _static()["dist"]
+    dist = topology().dist
     morph_age = float(rng.uniform(0.0, 90.0))
     gender = float(rng.uniform(0.0, 1.0))
     age = dist.morphological_age_mapping.morphological_to_anny_age(
@@ -191,7 +209,7 @@ def _forward(phenotype: dict, deltas: dict | None):
 def rest_skeleton(phenotype: dict) -> dict:
     """Bone heads of the unposed (rest, A-pose) body: {bone name: (3,)} plus 'vertices'."""
     verts, heads = _forward(phenotype, None)
-    labels = _static()["bone_labels"]
+    labels = topology().bone_labels
     out = {name: heads[i] for i, name in enumerate(labels)}
     out["__vertices__"] = verts
     return out
@@ -218,7 +236,7 @@ def make_anny_body(rng: np.random.Generator, pose_kind: str | None = None,
     """A random Anny body: shape from anny's distribution, pose from train.poses (self-intersection checked)."""
     from train import poses
 
-    st = _static()
+    st = topology()
     shape = sample_phenotype(rng)
     rest = rest_skeleton(shape["phenotype"])
     pose = None
@@ -226,7 +244,7 @@ def make_anny_body(rng: np.random.Generator, pose_kind: str | None = None,
     for attempt in range(max_pose_tries):
         pose = poses.sample_pose(rng, rest, kind=pose_kind)
         verts, heads = _forward(shape["phenotype"], pose["deltas"])
-        score = poses.self_intersection(verts, heads, st["parts"], st["bone_labels"])
+        score = poses.self_intersection(verts, heads, st.parts, st.bone_labels)
         pose["intersection"] = score
         pose["attempts"] = attempt + 1
         if score["bad_vertices"] <= poses.MAX_BAD_VERTICES:
@@ -239,16 +257,16 @@ def make_anny_body(rng: np.random.Generator, pose_kind: str | None = None,
 
     rest_verts = rest["__vertices__"]
     # Place: lowest vertex on z = 0, pelvis (root head) on x = y = 0.
-    labels = st["bone_labels"]
+    labels = st.bone_labels
     root = heads[labels.index("root")]
     shift = np.array([-root[0], -root[1], -verts[:, 2].min()])
     verts = verts + shift
     heads = heads + shift
     rest_verts = rest_verts - np.array([0.0, 0.0, rest_verts[:, 2].min()])
-    coco = st["kp_weights"] @ verts
+    coco = st.kp_weights @ verts
     params = dict(shape, pose={k: v for k, v in pose.items() if k != "deltas"},
                   height_m=float(verts[:, 2].max()))
-    return Body(vertices=verts, faces=st["faces"], parts=st["parts"], joints=heads,
+    return Body(vertices=verts, faces=st.faces, parts=st.parts, joints=heads,
                 joint_names=tuple(labels), coco17=coco, landmarks16=landmarks16_3d(coco),
                 rest_vertices=rest_verts, params=params, source="anny")
 
@@ -263,14 +281,3 @@ def body_from_mesh(vertices, faces, name: str = "scan") -> Body:
                 joints=np.zeros((0, 3)), joint_names=(), coco17=np.full((17, 3), np.nan),
                 landmarks16=np.full((16, 3), np.nan), rest_vertices=v,
                 params={"scan": name, "height_m": float(v[:, 2].max())}, source="scan")
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (outward for Anny's counter-clockwise faces)."""
-    v = vertices[faces]
-    fn = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
-    return n / np.maximum(norm, 1e-12)

@@ -98,16 +98,16 @@ def build_shape(rng: np.random.Generator, components: int) -> tuple[dict, dict]:
 
 
 def build_keypoints(neutral: np.ndarray) -> dict:
-    from train.bodies import _static
+    from train.bodies import topology
 
-    w = _static()["kp_weights"]  # (17, N)
+    w = topology().kp_weights  # (17, N)
     k = int((w != 0).sum(1).max())
     idx = np.argsort(-np.abs(w), axis=1)[:, :k]
     wt = np.take_along_axis(w, idx, axis=1)
     from train.bodies import PART_NAMES
 
     n = w.shape[1]
-    extra = np.array([extra_vertex_index(rule, neutral[:n], _static()["parts"], PART_NAMES)
+    extra = np.array([extra_vertex_index(rule, neutral[:n], topology().parts, PART_NAMES)
                       for rule in EXTRA_VERTEX_RULES.values()], dtype=np.int64)
     return {"coco_index": idx.astype(np.int64), "coco_weight": wt.astype(np.float32), "extra_vertices": extra}
 
@@ -174,12 +174,12 @@ def _main(argv=None) -> int:
     keypoints = build_keypoints(neutral)
     shape_prior = build_shape_prior(rng)
     pose_prior, pose_info = build_pose_prior(rng)
-    from train.bodies import _static
+    from train.bodies import topology
 
     info = {"shape": shape_info, "pose_prior": pose_info, "seed": args.seed,
             "command": "python -m train.build_body_model " + " ".join(argv if argv is not None else sys.argv[1:])}
     path = save_body_model(args.out, {**shape, **keypoints, **shape_prior, **pose_prior},
-                           bone_names=list(_static()["bone_labels"]), info=info)
+                           bone_names=list(topology().bone_labels), info=info)
     print(f"wrote {path} ({time.time() - t0:.0f} s)", file=sys.stderr)
     return 0
 

@@ -194,55 +194,17 @@ class Context:
                                 "Put OBJ/PLY/GLB/FBX files of whole people there.")
 
 
-def _scan_files(folder):
-    exts = (".obj", ".ply", ".glb", ".gltf", ".fbx", ".stl", ".off")
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in exts)
-
-
 def load_scans(folder):
     """[(name, vertices, faces)] of the usable scans (sorted by name) and [(name, reason)] of the broken."""
-    try:
-        from train.scans import iter_scans
-    except ImportError:
-        iter_scans = _iter_scans_fallback
-    import io
-    import contextlib
+    from train.scans import iter_scans
 
-    buf = io.StringIO()
-    good = []
-    with contextlib.redirect_stdout(buf):
-        for path, mesh in iter_scans(folder):
-            good.append((Path(path).name, np.asarray(mesh.vertices, np.float64),
-                         np.asarray(mesh.faces, np.int64)))
-    good.sort(key=lambda t: t[0])
-    names = {g[0] for g in good}
-    notes = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-    problems = []
-    for p in _scan_files(folder):
-        if p.name not in names:
-            why = next((ln for ln in notes if p.name in ln), "could not be used")
-            problems.append((p.name, why))
+    skipped: list = []  # iter_scans says why each broken scan was skipped
+    good = sorted([(Path(path).name, np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64))
+                   for path, mesh in iter_scans(folder, skipped=skipped)], key=lambda t: t[0])
+    problems = [(Path(path).name, why) for path, why in skipped]
     for name, why in problems:
         print(f"skipping broken scan {name}: {why}", file=sys.stderr)
     return good, problems
-
-
-def _iter_scans_fallback(folder):
-    """Used only when train.scans is absent: load with trimesh, Z up assumed, scale untouched."""
-    import trimesh
-
-    for p in _scan_files(folder):
-        try:
-            m = trimesh.load(p, force="mesh", process=True)
-            if len(m.faces) == 0 or not np.all(np.isfinite(m.vertices)):
-                raise ValueError("empty or non-finite mesh")
-            if not m.is_watertight and len(m.faces) < 20:
-                raise ValueError("not a closed surface")
-        except Exception as e:
-            print(f"{p.name}: {e}")
-            continue
-        v = np.asarray(m.vertices) - [0, 0, m.vertices[:, 2].min()]
-        yield p, trimesh.Trimesh(v, m.faces, process=False)
 
 
 # ------------------------------------------------------------------------------------------- one sample
@@ -560,8 +522,8 @@ def finalise(out, args=None, scan_problems=None):
 
 def _joint_names():
     try:
-        from train.bodies import _static
-        return list(_static()["bone_labels"])
+        from train.bodies import topology
+        return list(topology().bone_labels)
     except Exception:
         return None
 

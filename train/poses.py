@@ -40,6 +40,8 @@ import copy
 
 import numpy as np
 
+from core.geometry import point_segment_distance, rotation_about, rotvec_to_matrix, smallest_rotation
+
 MAX_BAD_VERTICES = 40
 CAPSULE_DEPTH = 0.6
 
@@ -98,35 +100,6 @@ ARM_RAISED_KNEE_BENT = _pose(_arm(150, 10, 0, 10), _arm(10, 5, 0, 20), _leg(3, 0
 
 
 # ----------------------------------------------------------------------------------------- rotations
-
-def rotvec_to_matrix(rv) -> np.ndarray:
-    rv = np.asarray(rv, dtype=np.float64)
-    th = np.linalg.norm(rv)
-    if th < 1e-12:
-        return np.eye(3)
-    k = rv / th
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * (K @ K)
-
-
-def _axis_angle(axis, deg) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    return rotvec_to_matrix(axis / np.linalg.norm(axis) * np.radians(deg))
-
-
-def _min_rotation(a, b) -> np.ndarray:
-    """Smallest rotation taking direction a onto direction b."""
-    a = a / np.linalg.norm(a)
-    b = b / np.linalg.norm(b)
-    c = np.cross(a, b)
-    s, d = np.linalg.norm(c), float(np.dot(a, b))
-    if s < 1e-9:
-        if d > 0:
-            return np.eye(3)
-        perp = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
-        return rotvec_to_matrix(perp / np.linalg.norm(perp) * np.pi)
-    return rotvec_to_matrix(c / s * np.arctan2(s, d))
-
 
 def _euler(angles_deg) -> np.ndarray:
     """Small rotations about X, Y, Z (degrees), composed Z @ Y @ X."""
@@ -195,8 +168,8 @@ def spec_to_deltas(spec: dict, rest: dict) -> dict:
         rest_flex = np.degrees(np.arccos(np.clip(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b),
                                                  -1, 1)))
         d = _limb_direction(arm["abd"], arm["fwd"], s)
-        deltas[f"upperarm01.{side}"] = _axis_angle(d, s * arm["twist"]) @ _min_rotation(a, d)
-        deltas[f"lowerarm01.{side}"] = _axis_angle(hinge, arm["elbow"] - rest_flex)
+        deltas[f"upperarm01.{side}"] = rotation_about(d, s * arm["twist"]) @ smallest_rotation(a, d)
+        deltas[f"lowerarm01.{side}"] = rotation_about(hinge, arm["elbow"] - rest_flex)
         w = arm["wrist"]
         deltas[f"wrist.{side}"] = _euler([w[0], s * w[1], s * w[2]])
 
@@ -206,8 +179,8 @@ def spec_to_deltas(spec: dict, rest: dict) -> dict:
         # signed rest knee flexion about +X (positive = shin backwards)
         rest_knee = np.degrees(np.arctan2(np.dot(np.cross(t, c), [1.0, 0, 0]), np.dot(t, c)))
         d = _limb_direction(leg["abd"], leg["fwd"], s)
-        deltas[f"upperleg01.{side}"] = _axis_angle(d, s * leg["twist"]) @ _min_rotation(t, d)
-        deltas[f"lowerleg01.{side}"] = _axis_angle([1.0, 0, 0], leg["knee"] - rest_knee)
+        deltas[f"upperleg01.{side}"] = rotation_about(d, s * leg["twist"]) @ smallest_rotation(t, d)
+        deltas[f"lowerleg01.{side}"] = rotation_about([1.0, 0, 0], leg["knee"] - rest_knee)
         k = leg["ankle"]
         deltas[f"foot.{side}"] = _euler([k[0], s * k[1], s * k[2]])
 
@@ -256,14 +229,8 @@ def _capsule(points):
     ax = vt[0]
     t = (points - c) @ ax
     p0, p1 = c + ax * t.min(), c + ax * t.max()
-    r = float(np.median(_seg_dist(points, p0, p1)))
+    r = float(np.median(point_segment_distance(points, p0, p1)))
     return p0, p1, r
-
-
-def _seg_dist(p, a, b):
-    ab = b - a
-    t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
 
 
 def self_intersection(vertices, joints, parts, bone_labels=None, depth=CAPSULE_DEPTH) -> dict:
@@ -284,7 +251,7 @@ def self_intersection(vertices, joints, parts, bone_labels=None, depth=CAPSULE_D
                 continue
             sel_a = caps[a][0]
             p0, p1, r = caps[b][1]
-            n = int((_seg_dist(vertices[sel_a], p0, p1) < depth * r).sum())
+            n = int((point_segment_distance(vertices[sel_a], p0, p1) < depth * r).sum())
             if n:
                 bad += n
                 if worst is None or n > worst[2]:

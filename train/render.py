@@ -1,5 +1,5 @@
-"""Rendering: the RGB "photo" (Blender Cycles on CPU, or Workbench), the background composite, and an exact
-numpy z-buffer rasteriser for the person mask and the part-label image.
+"""Rendering: the RGB "photo" (Blender Cycles on CPU, or Workbench), the background composite, and the person
+mask and part-label image from an exact numpy z-buffer (core.geometry.rasterise).
 
 Why rasterise the mask ourselves: the occupancy volume is voxelised from the same projected vertices,
 sampled at pixel centres; a mask made the same way (a pixel is "person" when its centre lies inside the
@@ -23,62 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
+from core import geometry
 from train.scene import REGIONS, SceneConfig, build_scene, project
 
 
 # ------------------------------------------------------------------------------------- rasteriser
 
 def rasterise(uv: np.ndarray, depth: np.ndarray, faces: np.ndarray, out_hw, face_labels=None):
-    """Z-buffer the projected triangles at pixel centres (i + .5).
-
-    uv: (N, 2) pixel coordinates of the vertices in the target image; depth: (N,) camera depth;
-    faces (F, 3); face_labels (F,) uint8 or None.  Returns (mask bool (H, W), labels uint8 (H, W),
-    zbuf float (H, W), inf where empty).  A pixel centre on an edge counts as inside (closed test).
-    """
-    H, W = int(out_hw[0]), int(out_hw[1])
-    tri = uv[faces]                      # (F, 3, 2)
-    z = depth[faces]                     # (F, 3)
-    x0 = np.clip(np.ceil(tri[:, :, 0].min(1) - 0.5), 0, W).astype(np.int64)
-    x1 = np.clip(np.floor(tri[:, :, 0].max(1) - 0.5), -1, W - 1).astype(np.int64)
-    y0 = np.clip(np.ceil(tri[:, :, 1].min(1) - 0.5), 0, H).astype(np.int64)
-    y1 = np.clip(np.floor(tri[:, :, 1].max(1) - 0.5), -1, H - 1).astype(np.int64)
-    nx, ny = x1 - x0 + 1, y1 - y0 + 1
-    ok = (nx > 0) & (ny > 0)
-    fid = np.nonzero(ok)[0]
-    nx, ny = nx[fid], ny[fid]
-    counts = nx * ny
-    total = int(counts.sum())
-    zbuf = np.full(H * W, np.inf)
-    lab = np.zeros(H * W, np.uint8)
-    if total == 0:
-        return np.zeros((H, W), bool), lab.reshape(H, W), zbuf.reshape(H, W)
-    rep = np.repeat(np.arange(len(fid)), counts)
-    start = np.cumsum(counts) - counts
-    k = np.arange(total) - start[rep]
-    f = fid[rep]
-    px = x0[f] + k % nx[rep]
-    py = y0[f] + k // nx[rep]
-    cx, cy = px + 0.5, py + 0.5
-    a, b, c = tri[f, 0], tri[f, 1], tri[f, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    w0 = (b[:, 0] - cx) * (c[:, 1] - cy) - (b[:, 1] - cy) * (c[:, 0] - cx)
-    w1 = (c[:, 0] - cx) * (a[:, 1] - cy) - (c[:, 1] - cy) * (a[:, 0] - cx)
-    w2 = (a[:, 0] - cx) * (b[:, 1] - cy) - (a[:, 1] - cy) * (b[:, 0] - cx)
-    s = np.sign(area)
-    inside = (area != 0) & (w0 * s >= 0) & (w1 * s >= 0) & (w2 * s >= 0)
-    f, px, py = f[inside], px[inside], py[inside]
-    w0, w1, w2, area = w0[inside], w1[inside], w2[inside], area[inside]
-    zz = (w0 * z[f, 0] + w1 * z[f, 1] + w2 * z[f, 2]) / area
-    pix = py * W + px
-    order = np.lexsort((zz, pix))
-    pix, zz, f = pix[order], zz[order], f[order]
-    first = np.ones(len(pix), bool)
-    first[1:] = pix[1:] != pix[:-1]
-    zbuf[pix[first]] = zz[first]
+    """The z-buffer of core.geometry.rasterise as images: (mask bool (H, W), labels uint8 (H, W) from
+    face_labels (F,) (0 where empty or when None), zbuf float (H, W), inf where empty)."""
+    face_id, zbuf = geometry.rasterise(uv, depth, faces, out_hw)
+    mask = face_id >= 0
+    labels = np.zeros(face_id.shape, np.uint8)
     if face_labels is not None:
-        lab[pix[first]] = np.asarray(face_labels)[f[first]]
-    mask = np.isfinite(zbuf)
-    return mask.reshape(H, W), lab.reshape(H, W), zbuf.reshape(H, W)
+        labels[mask] = np.asarray(face_labels)[face_id[mask]]
+    return mask, labels, zbuf
 
 
 def face_part_labels(parts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -218,11 +177,11 @@ def render_person_photo(path, size: int = 256, seed: int = 0, samples: int = 32,
     pose = poses.sample_pose(rng, rest, kind="standing", perturb=0.5)
     deltas = pose["deltas"] if pose_spec is None else poses.spec_to_deltas(pose_spec, rest)
     verts, heads = bodies._forward(shape["phenotype"], deltas)
-    st = bodies._static()
+    st = bodies.topology()
     verts = verts - np.array([heads[0, 0], heads[0, 1], verts[:, 2].min()])
-    coco = st["kp_weights"] @ verts
-    body = bodies.Body(vertices=verts, faces=st["faces"], parts=st["parts"], joints=heads,
-                       joint_names=tuple(st["bone_labels"]), coco17=coco,
+    coco = st.kp_weights @ verts
+    body = bodies.Body(vertices=verts, faces=st.faces, parts=st.parts, joints=heads,
+                       joint_names=st.bone_labels, coco17=coco,
                        landmarks16=bodies.landmarks16_3d(coco), rest_vertices=rest["__vertices__"],
                        params=dict(shape))
     from train.scene import clothing_regions, dress, sample_appearance, sample_lights, sample_camera

@@ -18,7 +18,8 @@ textures and colours survive). The mesh is then normalised into the metric frame
 - The visual (texture + UVs, vertex or face colours) is kept as trimesh loaded it.
 
 `scan_problem(mesh)` says why a mesh cannot be a training body (or None), and `iter_scans(folder)` yields
-the good ones, logging "skipping PATH: reason" for the others; the dataset run goes on.
+the good ones, logging "skipping PATH: reason" for the others and handing (path, reason) to the caller's
+`skipped` list (train.make_dataset writes those reasons into the dataset's card.json); the run goes on.
 """
 
 from __future__ import annotations
@@ -165,19 +166,18 @@ def _make_winding_consistent(mesh) -> int:
 def scan_problem(mesh, grid: int = 40, max_ambiguous: float = 0.10) -> str | None:
     """Why `mesh` cannot be a training body, or None when it can.
 
-    Reports: not a mesh; empty; no faces; non-finite or out-of-range indices; degenerate (flat, zero area);
-    and open so badly that inside is undefined. For the last, a closed (after merging equal vertices) mesh
-    passes at once; an open one is voxelised on a `grid`^3 box around it with exact winding numbers near
-    its holes (train.voxelise, method "winding"): the scan is rejected when nothing is inside, when almost
-    the whole box is, or when more than `max_ambiguous` of the inside voxels have a winding number between
-    0.25 and 0.75 (a hole so large that inside is a guess).
+    Reports: not a mesh; empty; no faces; non-finite or out-of-range indices; degenerate (flat, zero area)
+    (`_structure_problem`); and open so badly that inside is undefined (`_inside_problem`).
     """
-    from train.voxelise import mesh_is_closed, voxelise, winding_numbers
-
     if mesh is None or not hasattr(mesh, "vertices") or not hasattr(mesh, "faces"):
         return f"not a triangle mesh ({type(mesh).__name__})"
     v = np.asarray(mesh.vertices, dtype=np.float64).reshape(-1, 3)
     f = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+    return _structure_problem(v, f) or _inside_problem(v, f, grid, max_ambiguous)
+
+
+def _structure_problem(v: np.ndarray, f: np.ndarray) -> str | None:
+    """Empty, no faces, bad numbers or indices, flat or of no area."""
     if len(v) == 0:
         return "empty: no vertices"
     if len(f) == 0:
@@ -196,26 +196,32 @@ def scan_problem(mesh, grid: int = 40, max_ambiguous: float = 0.10) -> str | Non
         return f"degenerate: {len(f)} faces with a total area of {areas.sum():.3g}"
     if np.mean(areas <= 1e-12 * size * size) > 0.5:
         return "degenerate: most faces have zero area"
-    closed, _ = mesh_is_closed(v, f)
+    return None
 
-    # voxelise on an isotropic grid around the mesh (1 voxel margin)
-    pitch = size / (grid - 2)
+
+def _inside_problem(v: np.ndarray, f: np.ndarray, grid: int, max_ambiguous: float) -> str | None:
+    """Whether inside is defined. A closed (after merging equal vertices) mesh passes at once once its inside
+    is neither empty nor the whole box; an open one is voxelised on a `grid`^3 box around it with exact winding
+    numbers near its holes (train.voxelise, method "winding") and rejected when more than `max_ambiguous` of
+    the inside voxels have a winding number between 0.25 and 0.75 (a hole so large that inside is a guess)."""
+    from train.voxelise import mesh_is_closed, voxelise, winding_numbers
+
+    extent = v.max(axis=0) - v.min(axis=0)
+    pitch = float(extent.max()) / (grid - 2)  # an isotropic grid around the mesh, 1 voxel margin
     lo = v.min(axis=0) - pitch
     shape_xyz = np.ceil((extent + 2 * pitch) / pitch).astype(int) + 1
     vox = (v - lo) / pitch
-    shape_dhw = (int(shape_xyz[2]), int(shape_xyz[1]), int(shape_xyz[0]))
-    occ = voxelise(vox, f, shape_dhw, method="auto")
+    occ = voxelise(vox, f, (int(shape_xyz[2]), int(shape_xyz[1]), int(shape_xyz[0])), method="auto")
     n_in = int(occ.sum())
     if n_in == 0:
         return "inside is empty (a surface with no volume, or open everywhere)"
     if n_in > 0.95 * occ.size:
         return "inside fills the whole bounding box (inverted or open mesh)"
-    if closed:
+    if mesh_is_closed(v, f)[0]:
         return None
     # how much of the inside is a guess: sample the inside voxels near the surface and far from it
     d, h, w = np.nonzero(occ)
-    rng = np.random.default_rng(0)
-    pick = rng.choice(len(d), size=min(len(d), 2000), replace=False)
+    pick = np.random.default_rng(0).choice(len(d), size=min(len(d), 2000), replace=False)
     pts = np.stack([w[pick] + 0.5, h[pick] + 0.5, d[pick] + 0.5], axis=1)
     wn = np.abs(winding_numbers(pts, vox, f))
     ambiguous = float(np.mean((wn > 0.25) & (wn < 0.75)))

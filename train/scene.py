@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from train.bodies import PART, PART_UNKNOWN, Body, vertex_normals
+from core.blender_mesh import mesh_from_arrays
+from core.geometry import vertex_normals
+from train.bodies import PART, PART_UNKNOWN, Body
 
 # Skin tones (linear-ish sRGB 0..1), from very light to very dark (Fitzpatrick I-VI, two per type).
 SKIN_TONES = [
@@ -248,8 +250,8 @@ def clothing_regions(body: Body, appearance: dict) -> np.ndarray:
     if body.source != "anny" or np.all(parts == PART_UNKNOWN):
         return reg  # scans keep their own look: one material (textures are not imported)
     rv = body.rest_vertices
-    from train.bodies import _static
-    coco = _static()["kp_weights"] @ rv
+    from train.bodies import topology
+    coco = topology().kp_weights @ rv
     sh_z = (coco[5, 2] + coco[6, 2]) / 2
     hip_z = (coco[11, 2] + coco[12, 2]) / 2
     knee_z = (coco[13, 2] + coco[14, 2]) / 2
@@ -351,21 +353,9 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
     import bpy
 
     scene = _clear_scene(bpy)
-    # --- mesh (fast path: foreach_set)
-    mesh = bpy.data.meshes.new("person")
-    nv, nf = len(vertices), len(faces)
-    mesh.vertices.add(nv)
-    mesh.vertices.foreach_set("co", np.asarray(vertices, np.float32).ravel())
-    mesh.loops.add(nf * 3)
-    mesh.loops.foreach_set("vertex_index", np.asarray(faces, np.int32).ravel())
-    mesh.polygons.add(nf)
-    mesh.polygons.foreach_set("loop_start", np.arange(0, nf * 3, 3, dtype=np.int32))
-    mesh.polygons.foreach_set("loop_total", np.full(nf, 3, np.int32))
+    nf = len(faces)
     face_region = np.max(regions[faces], axis=1) if len(regions) else np.zeros(nf, np.int64)
-    mesh.polygons.foreach_set("material_index", face_region.astype(np.int32))
-    mesh.polygons.foreach_set("use_smooth", np.ones(nf, dtype=bool))
-    mesh.update(calc_edges=True)
-    mesh.validate(clean_customdata=False)
+    mesh = mesh_from_arrays("person", vertices, faces, material_index=face_region)
     obj = bpy.data.objects.new("person", mesh)
     scene.collection.objects.link(obj)
     app = params["appearance"]

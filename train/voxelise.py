@@ -16,8 +16,8 @@ augmentation at voxelisation time because resampling volumes on the fly is too s
 Methods of `voxelise`:
 
 - ``"parity"`` (closed meshes): every triangle is rasterised onto the (H, W) grid of rays that run along +z
-  through the pixel centres (vectorised numpy: bounding box per triangle, edge functions, top-left tie rule
-  so that a ray through an edge shared by two triangles, or through a vertex, counts once). Each crossing
+  through the pixel centres (`core.geometry.ray_crossings`: bounding box per triangle, edge functions,
+  top-left tie rule so that a ray through an edge shared by two triangles, or through a vertex, counts once). Each crossing
   adds an event at the first voxel whose centre lies behind it; a cumulative sum over z, modulo 2, fills
   between pairs of crossings.
 - ``"winding"`` (open or imperfect meshes): the same rasterisation, but each crossing carries the sign of
@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from core.errors import DataError
+from core.geometry import ray_crossings
 
 __all__ = [
     "voxelise",
@@ -56,8 +57,6 @@ __all__ = [
 
 METHODS = ("auto", "parity", "winding")
 
-# Largest number of (triangle, pixel) candidate pairs handled at once; bounds memory to ~100 MB.
-_CANDIDATE_CHUNK = 1 << 21
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,103 +126,6 @@ def _boundary_segments(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------
 # Rasterisation of triangles onto the ray columns
-
-
-def _crossings(vertices: np.ndarray, faces: np.ndarray, shape_hw: tuple[int, int]):
-    """All (column, z, facing) where the rays along z through pixel centres cross a triangle.
-
-    column = h * W + w; facing = sign of the triangle's projected area (+1 or -1). Edges and vertices hit
-    exactly by a ray are counted once over the triangles that share them: edge functions are evaluated
-    with the edge's endpoints in a canonical order (bit-identical for both triangles of an edge), and
-    zeros go to the triangle for which the edge is "top-left" after normalising the orientation.
-    """
-    H, W = shape_hw
-    tri = vertices[faces]  # (F, 3, 3)
-    xy = tri[:, :, :2]
-    zs = tri[:, :, 2]
-    e1 = xy[:, 1] - xy[:, 0]
-    e2 = xy[:, 2] - xy[:, 0]
-    area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    ok = np.isfinite(area2) & (area2 != 0)
-
-    lo = xy.min(axis=1)
-    hi = xy.max(axis=1)
-    with np.errstate(invalid="ignore"):
-        w0 = np.maximum(np.ceil(lo[:, 0] - 0.5), 0)
-        w1 = np.minimum(np.floor(hi[:, 0] - 0.5), W - 1)
-        h0 = np.maximum(np.ceil(lo[:, 1] - 0.5), 0)
-        h1 = np.minimum(np.floor(hi[:, 1] - 0.5), H - 1)
-    ok &= (w1 >= w0) & (h1 >= h0)
-    idx = np.nonzero(ok)[0]
-    if len(idx) == 0:
-        empty = np.zeros(0, np.int64)
-        return empty, np.zeros(0), np.zeros(0, np.int8)
-
-    tri_xy = xy[idx]
-    tri_z = zs[idx]
-    s = np.sign(area2[idx])
-    w0 = w0[idx].astype(np.int64)
-    h0 = h0[idx].astype(np.int64)
-    nw = w1[idx].astype(np.int64) - w0 + 1
-    nh = h1[idx].astype(np.int64) - h0 + 1
-    n = nw * nh
-
-    # Per triangle and edge k (vertex k -> vertex k+1): canonical endpoints q0 < q1 (lexicographic in x, y),
-    # the sign that turns the canonical edge function into the triangle's one, and the tie rule.
-    a = tri_xy
-    b = np.roll(tri_xy, -1, axis=1)
-    swap = (a[..., 0] > b[..., 0]) | ((a[..., 0] == b[..., 0]) & (a[..., 1] > b[..., 1]))
-    q0 = np.where(swap[..., None], b, a)
-    q1 = np.where(swap[..., None], a, b)
-    edge_sign = np.where(swap, -1.0, 1.0)
-    d = (b - a) * s[:, None, None]  # edge direction with the orientation normalised
-    tie_inside = (d[..., 1] > 0) | ((d[..., 1] == 0) & (d[..., 0] < 0))
-
-    cols, zvals, facing = [], [], []
-    ends = np.cumsum(n)
-    start_tri = 0
-    while start_tri < len(idx):
-        # take triangles while the candidate count stays within the chunk (at least one triangle)
-        base = ends[start_tri - 1] if start_tri else 0
-        stop_tri = int(np.searchsorted(ends, base + _CANDIDATE_CHUNK, side="right"))
-        stop_tri = max(stop_tri, start_tri + 1)
-        sl = slice(start_tri, stop_tri)
-        start_tri = stop_tri
-
-        counts = n[sl]
-        total = int(counts.sum())
-        t = np.repeat(np.arange(sl.start, sl.stop), counts)
-        offs = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        ww = w0[t] + offs % nw[t]
-        hh = h0[t] + offs // nw[t]
-        px = ww + 0.5
-        py = hh + 0.5
-
-        inside = np.ones(total, dtype=bool)
-        E = np.empty((3, total))
-        for k in range(3):
-            qa = q0[t, k]
-            qb = q1[t, k]
-            ek = (qb[:, 0] - qa[:, 0]) * (py - qa[:, 1]) - (qb[:, 1] - qa[:, 1]) * (px - qa[:, 0])
-            ek = ek * edge_sign[t, k]
-            E[k] = ek
-            se = ek * s[t]
-            inside &= (se > 0) | ((se == 0) & tie_inside[t, k])
-        if not inside.any():
-            continue
-        t = t[inside]
-        E = E[:, inside]
-        # edge k (vertex k -> k+1) is opposite vertex k+2: its edge function is that vertex's weight
-        wsum = E[0] + E[1] + E[2]
-        z = (E[1] * tri_z[t, 0] + E[2] * tri_z[t, 1] + E[0] * tri_z[t, 2]) / wsum
-        cols.append(hh[inside] * W + ww[inside])
-        zvals.append(z)
-        facing.append(s[t].astype(np.int8))
-
-    if not cols:
-        empty = np.zeros(0, np.int64)
-        return empty, np.zeros(0), np.zeros(0, np.int8)
-    return np.concatenate(cols), np.concatenate(zvals), np.concatenate(facing)
 
 
 class _Runs:
@@ -361,6 +263,22 @@ def _boundary_columns(vertices, faces, shape_hw, margin_px):
 # Public API
 
 
+def _checked_mesh(vertices_vox, faces) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices float64 (N, 3), faces int64 (F, 3)); DataError for indices out of range or non-finite
+    coordinates (an empty mesh passes: it voxelises to nothing)."""
+    v = np.asarray(vertices_vox, dtype=np.float64).reshape(-1, 3)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0 or len(v) == 0:
+        return v, f
+    if f.min() < 0 or f.max() >= len(v):
+        raise DataError(f"mesh faces index vertex {int(f.max())} but the mesh has {len(v)} vertices.",
+                        "Re-export the mesh; its face list is corrupt.")
+    if not np.all(np.isfinite(v)):
+        raise DataError("mesh has non-finite (NaN or infinite) vertex coordinates.",
+                        "Fix or drop the mesh before voxelising it.")
+    return v, f
+
+
 def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: float = 2.0,
              z_stride: int = 4) -> np.ndarray:
     """Occupancy of a triangle mesh given in the continuous volume frame -> bool array (D, H, W).
@@ -376,16 +294,9 @@ def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: fl
     D, H, W = (int(x) for x in shape_dhw)
     if min(D, H, W) <= 0:
         raise ValueError(f"volume shape must be positive, got {tuple(shape_dhw)}")
-    v = np.asarray(vertices_vox, dtype=np.float64).reshape(-1, 3)
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    v, f = _checked_mesh(vertices_vox, faces)
     if len(f) == 0 or len(v) == 0:
         return np.zeros((D, H, W), dtype=bool)
-    if f.min() < 0 or f.max() >= len(v):
-        raise DataError(f"mesh faces index vertex {int(f.max())} but the mesh has {len(v)} vertices.",
-                        "Re-export the mesh; its face list is corrupt.")
-    if not np.all(np.isfinite(v)):
-        raise DataError("mesh has non-finite (NaN or infinite) vertex coordinates.",
-                        "Fix or drop the mesh before voxelising it.")
 
     if method == "auto":
         closed, oriented = mesh_is_closed(v, f)
@@ -393,7 +304,7 @@ def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: fl
     else:
         mode = method
 
-    cols, z, facing = _crossings(v, f, (H, W))
+    cols, z, facing = ray_crossings(v, f, (H, W))
     occ = np.zeros((D, H * W), dtype=bool)
     if mode == "parity":
         _Runs(cols, z, None, (D, H, W)).fill(occ, lambda state: state.astype(bool))
@@ -411,28 +322,35 @@ def voxelise(vertices_vox, faces, shape_dhw, method: str = "auto", margin_px: fl
     suspect[runs.ucols[np.abs(runs.column_total) > 0.5]] = True
     cols_s = np.nonzero(suspect)[0]
     if len(cols_s):
-        # Along a ray the winding number w jumps by exactly the signed crossings and is continuous
-        # between them, so g = w + run (run counts crossings with the opposite sign) is continuous:
-        # evaluate w exactly every `z_stride` voxels, interpolate g, add the crossings back.
-        zmin, zmax = v[:, 2].min(), v[:, 2].max()
-        d_lo = int(np.clip(np.floor(zmin - 0.5), 0, D))
-        d_hi = int(np.clip(np.ceil(zmax - 0.5) + 1, 0, D))
-        occ[:, cols_s] = False
-        if d_hi > d_lo:
-            dd = np.unique(np.r_[np.arange(d_lo, d_hi, max(1, int(z_stride))), d_hi - 1])
-            hh, ww = np.divmod(cols_s, W)
-            pts = np.stack(np.broadcast_arrays(ww[None, :] + 0.5, hh[None, :] + 0.5, dd[:, None] + 0.5),
-                           axis=-1).reshape(-1, 3)
-            wn = winding_numbers(pts, v, f).reshape(len(dd), len(cols_s))
-            g_s = wn + runs.at(dd, cols_s)
-            full = np.arange(d_lo, d_hi)
-            pos = np.interp(full, dd, np.arange(len(dd)))
-            i0 = np.floor(pos).astype(np.int64)
-            i1 = np.minimum(i0 + 1, len(dd) - 1)
-            frac = (pos - i0)[:, None]
-            g = g_s[i0] * (1 - frac) + g_s[i1] * frac
-            occ[d_lo:d_hi, cols_s] = np.abs(g - runs.at(full, cols_s)) >= 0.5
+        _exact_columns(occ, cols_s, runs, v, f, (D, H, W), z_stride)
     return occ.reshape(D, H, W)
+
+
+def _exact_columns(occ, cols_s, runs: _Runs, v, f, shape_dhw, z_stride: int) -> None:
+    """Fill the columns cols_s of occ (D, H*W) from the exact winding number. Along a ray the winding number w
+    jumps by exactly the signed crossings and is continuous between them, so g = w + run (run counts crossings
+    with the opposite sign) is continuous: evaluate w exactly every `z_stride` voxels, interpolate g, add the
+    crossings back."""
+    D, _, W = shape_dhw
+    zmin, zmax = v[:, 2].min(), v[:, 2].max()
+    d_lo = int(np.clip(np.floor(zmin - 0.5), 0, D))
+    d_hi = int(np.clip(np.ceil(zmax - 0.5) + 1, 0, D))
+    occ[:, cols_s] = False
+    if d_hi <= d_lo:
+        return
+    dd = np.unique(np.r_[np.arange(d_lo, d_hi, max(1, int(z_stride))), d_hi - 1])
+    hh, ww = np.divmod(cols_s, W)
+    pts = np.stack(np.broadcast_arrays(ww[None, :] + 0.5, hh[None, :] + 0.5, dd[:, None] + 0.5),
+                   axis=-1).reshape(-1, 3)
+    wn = winding_numbers(pts, v, f).reshape(len(dd), len(cols_s))
+    g_s = wn + runs.at(dd, cols_s)
+    full = np.arange(d_lo, d_hi)
+    pos = np.interp(full, dd, np.arange(len(dd)))
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, len(dd) - 1)
+    frac = (pos - i0)[:, None]
+    g = g_s[i0] * (1 - frac) + g_s[i1] * frac
+    occ[d_lo:d_hi, cols_s] = np.abs(g - runs.at(full, cols_s)) >= 0.5
 
 
 def _isotropic_scale(crop_to_volume: Callable, at_xy: np.ndarray) -> tuple[float, float]:

@@ -44,7 +44,7 @@ ablations "single-task-parts" (parts only, vertices only) and "single-task-rgb-p
 only), and "hmnet-no-smoothing" (figure 8). At inference there are no ground-truth parts: every variant that
 uses parts is fed `core.parts`' off-the-shelf split; "oracle" only changes what it was trained on.
 
-The method registers itself in `core.checkpoint.METHODS` as "hmnet" when this module is imported.
+Its entry in the network table is `core.registry.NETWORKS["hmnet"]`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import checkpoint
 from core.networks.resnet import resnet18
 from core.parts import PART_NAMES
 from core.template import TEMPLATES, load_template, smooth
@@ -345,4 +344,3 @@ def hmnet_loss(model: HMNet, out: dict, vertices: torch.Tensor, joints: torch.Te
 
 
 _register_variants()
-checkpoint.register_method("hmnet", HMNetConfig.from_dict, build_hmnet)
