@@ -118,12 +118,12 @@ def part_errors(vertices: np.ndarray, truth: np.ndarray, mm: float) -> dict:
     """PA surface error (mm) per body part: head, hands and feet are 74 % of Anny's vertices, so the mean
     over vertices is mostly theirs; this says which part the error is in."""
     from core.parts import PART_NAMES
-    from train.bodies import _static
+    from train.bodies import topology
     from train.metrics_mesh import procrustes_align
 
     truth = np.asarray(truth, np.float64)
     err = np.linalg.norm(procrustes_align(np.asarray(vertices, np.float64), truth) - truth, axis=1) * mm
-    parts = _static()["parts"]
+    parts = topology().parts
     return {PART_NAMES[p]: float(err[parts == p].mean()) for p in np.unique(parts)}
 
 
