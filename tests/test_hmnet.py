@@ -265,9 +265,19 @@ def test_flip_mirrors_targets_with_the_image(tiny_dataset):
 
 
 # Recorded with the training script as it was before issue 14 moved the loop into train/loop.py (CPU, one
-# thread, torch 2.13.0): a refactor of the loop must reproduce every number and every bit of the weights.
-HMNET_HISTORY = None
-HMNET_WEIGHTS_SHA256 = None
+# thread, torch 2.13.0 on this project's x86 machine): a refactor of the loop must reproduce every number and
+# the weights. One-thread CPU training is not bit-reproducible here even so: identical processes end on one
+# of two weight files (equal in the sum below to its last digit), the old loop and the new alike; both are held.
+HMNET_HISTORY = [
+    {"epoch": 1, "step": 2, "lr": 0.001, "L_S": 0.09838, "L_J": 0.0907, "L_JS": 0.00745, "loss": 0.19653,
+     "val_surface_mm": 184.2, "val_joint_mm": 165.84},
+    {"epoch": 2, "step": 4, "lr": 0.001, "L_S": 0.08195, "L_J": 0.07535, "L_JS": 0.00722, "loss": 0.16452,
+     "val_surface_mm": 174.45, "val_joint_mm": 157.75},
+    {"epoch": 3, "step": 6, "lr": 0.0001, "L_S": 0.08583, "L_J": 0.0791, "L_JS": 0.00413, "loss": 0.16906,
+     "val_surface_mm": 175.74, "val_joint_mm": 158.7}]
+HMNET_WEIGHTS_ABS_SUM = 24677.993204326158
+HMNET_WEIGHTS_SHA256 = {"f59f94d9c47a0c463fd37c3627b45803b2d5c2d062b87e0d624a51b504c77919",
+                        "8d944828be707e2642172b18621a1beb053d46dfa11b90da777e6c246a2d84f6"}
 
 
 def synthetic_mesh_dataset(out: Path, count: int = 6) -> Path:
@@ -299,9 +309,11 @@ def synthetic_mesh_dataset(out: Path, count: int = 6) -> Path:
 
 
 def test_refactors_keep_the_numbers(tmp_path):
-    """A fixed-seed 3-epoch run gives the recorded per-epoch history and weights; stopped after 3 steps and
-    resumed, it ends on the same weights, bit for bit."""
+    """A fixed-seed 3-epoch run gives the recorded per-epoch history and weights; stopped mid-epoch and resumed,
+    it ends on the same history and weights."""
     import hashlib
+
+    from safetensors.torch import load_file
 
     from train.fit_hmnet import main
 
@@ -310,10 +322,16 @@ def test_refactors_keep_the_numbers(tmp_path):
             "2", "--val-samples", "1", "--workers", "0", "--threads", "1", "--epochs", "3", "--lr", "1e-3",
             "--lr-late", "1e-4", "--lr-drop", "0.5"]
     assert main(args + ["--out", str(tmp_path / "run")]) == 0
-    history = json.loads((tmp_path / "run" / "model.json").read_text())["metrics"]["history"]
-    print("history", [{k: v for k, v in h.items() if k != "seconds"} for h in history])
-    print("sha", hashlib.sha256((tmp_path / "run" / "model.safetensors").read_bytes()).hexdigest())
     assert main(args + ["--out", str(tmp_path / "cut"), "--max-steps", "3"]) == 0
     assert main(["--out", str(tmp_path / "cut"), "--resume"]) == 0
-    print("resumed sha", hashlib.sha256((tmp_path / "cut" / "model.safetensors").read_bytes()).hexdigest())
-    assert False
+    for run in ("run", "cut"):
+        meta = json.loads((tmp_path / run / "model.json").read_text())
+        assert [{k: v for k, v in h.items() if k != "seconds"} for h in meta["metrics"]["history"]] == HMNET_HISTORY
+        assert {k: v for k, v in meta["metrics"].items() if k != "history"} == {
+            "val_surface_mm": 175.74, "val_joint_mm": 158.7}
+        weights = load_file(str(tmp_path / run / "model.safetensors"))
+        total = sum(float(t.double().abs().sum()) for t in weights.values() if t.is_floating_point())
+        assert total == pytest.approx(HMNET_WEIGHTS_ABS_SUM, rel=1e-12, abs=0), run
+        if torch.__version__.split("+")[0] == "2.13.0":  # the recording's; another build may round differently
+            sha = hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest()
+            assert sha in HMNET_WEIGHTS_SHA256, run

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -92,6 +93,19 @@ def parse_flags(config_class, prog: str, description: str, argv=None, choices: d
             kind = {"int": int, "float": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=f.default, choices=(choices or {}).get(f.name))
     return config_class(**vars(parser.parse_args(argv)))
+
+
+def command_line(prog: str, cfg) -> str:
+    """The command that gives `cfg`: `prog` and a flag for every field that differs from its default (recorded
+    in the model's JSON when a tool, not a shell, started the run)."""
+    words = [prog]
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), f.default_factory() if callable(f.default_factory) else f.default
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        words += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return " ".join(map(shlex.quote, words))
 
 
 # ---------------------------------------------------------------- distributed and device set-up
@@ -310,9 +324,11 @@ def train(task: Task, cfg, command: str = "") -> int:
                     run.sums[k] = run.sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
                 bar.update(1)
-                if eval_every and run.step % eval_every == 0 and rank == 0:
+                if eval_every and run.step % eval_every == 0:  # every rank evaluates its share
                     means = " ".join(f"{k} {v / (run.batch - skipped):.4f}" for k, v in run.sums.items())
-                    print(f"step {run.step}: {means} val {validate()}", file=sys.stderr)
+                    figures = validate()
+                    if rank == 0:
+                        print(f"step {run.step}: {means} val {figures}", file=sys.stderr)
                 if stop["now"] or (cfg.max_steps and run.step >= cfg.max_steps):
                     break
             bar.close()
