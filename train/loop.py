@@ -104,7 +104,10 @@ def command_line(prog: str, cfg) -> str:
         if value == default:
             continue
         flag = "--" + f.name.replace("_", "-")
-        words += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, *map(str, value if isinstance(value, list) else [value])]
     return " ".join(map(shlex.quote, words))
 
 
@@ -258,8 +261,9 @@ def resumed(meta: dict) -> Run:
 
 
 def train(task: Task, cfg, command: str = "") -> int:
-    """Train `task` with `cfg` (already checked); 0 when done or at max_steps, 130 on Ctrl-C, Terminated on
-    SIGTERM. Long (about 90 lines) on purpose: the loop reads top to bottom, as nanoGPT's does."""
+    """Train `task` as `cfg` says (a new run, or --resume of the run in cfg.out); 0 when done or at max_steps, 130 on Ctrl-C, Terminated on
+    SIGTERM. Long (about 100 lines) on purpose: the loop reads top to bottom, as nanoGPT's does, with every
+    state it keeps (the Run) in view."""
     cfg = task.check(resolve_run(task.check(cfg)))
     run_dir = Path(cfg.out)
     state_path = run_dir / "state.safetensors"
@@ -269,6 +273,10 @@ def train(task: Task, cfg, command: str = "") -> int:
     torch.manual_seed(cfg.seed)
     s = task.setup(cfg, device)
     model, optimizer = s.model, s.optimizer
+    per_epoch = len(s.train_part) // world // cfg.batch_size
+    if per_epoch == 0:
+        raise DataError(f"{len(s.train_part)} training samples give no full batch of {cfg.batch_size} per process.",
+                        "Generate more samples or lower --batch-size.")
     run, rng = Run(), None
     if cfg.resume:
         run = resumed(load_state(state_path, model, optimizer))
@@ -280,10 +288,6 @@ def train(task: Task, cfg, command: str = "") -> int:
                      worker_init_fn=ignore_sigterm)
     val_part = torch.utils.data.Subset(s.val_part.dataset, s.val_part.indices[rank::world])
     val_loader = torch.utils.data.DataLoader(val_part, batch_size=cfg.batch_size, **loader_kw)
-    per_epoch = len(s.train_part) // world // cfg.batch_size
-    if per_epoch == 0:
-        raise DataError(f"{len(s.train_part)} training samples give no full batch of {cfg.batch_size} per process.",
-                        "Generate more samples or lower --batch-size.")
     eval_every = getattr(cfg, "eval_every", 0)
 
     def validate() -> dict:
@@ -322,7 +326,8 @@ def train(task: Task, cfg, command: str = "") -> int:
                 run.step, run.batch, seen = run.step + 1, run.batch + 1, seen + len(batch[0]) * world
                 for k, v in terms.items():
                     run.sums[k] = run.sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{rate:.1f}")
                 bar.update(1)
                 if eval_every and run.step % eval_every == 0:  # every rank evaluates its share
                     means = " ".join(f"{k} {v / (run.batch - skipped):.4f}" for k, v in run.sums.items())
