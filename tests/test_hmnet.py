@@ -366,3 +366,36 @@ def test_refactors_keep_the_numbers(tmp_path):
         if torch.__version__.split("+")[0] == "2.13.0":  # the recording's; another build may round differently
             sha = hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest()
             assert sha in HMNET_WEIGHTS_SHA256, run
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    """HMNet under DDP (gloo, two CPU processes) through the shared loop; validation averages every rank's
+    samples (one rank holds the single validation sample here, the other none)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    data = synthetic_mesh_dataset(tmp_path / "data")
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "train.fit_hmnet", "--data", str(data), "--out", str(run), "--variant",
+                           "hmnet-subsampled", "--width", "8", "--hidden", "32", "--batch-size", "2", "--val-samples",
+                           "1", "--workers", "0", "--threads", "1", "--epochs", "2", "--eval-every", "1"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training"]["world_size"] == 2 and [h["step"] for h in meta["metrics"]["history"]] == [1, 2]
+    assert "step 2:" in proc.stderr
+    # the same weights, evaluated in this process on the one validation sample, give the same error
+    from core.checkpoint import load_model
+    from train.fit_hmnet import HMNetTask, MeshDataset
+    from train.loop import split_train_val
+
+    loaded = load_model(run / "model")
+    dataset = MeshDataset(data, "train", loaded.config)
+    val = torch.utils.data.Subset(dataset, split_train_val(dataset, 1, 0)[1])
+    loader = torch.utils.data.DataLoader(val, batch_size=2)
+    sums, count = HMNetTask().evaluate(loaded.network, loader, torch.device("cpu"))
+    assert count == 1 and round(sums["surface_mm"], 2) == meta["metrics"]["val_surface_mm"]

@@ -155,7 +155,7 @@ class VRNTask(Task):
         return loss, {"train_loss": float(loss.detach())}
 
     def evaluate(self, model, loader, device) -> dict:
-        """The mean IoU of the last hourglass's volume (logit > 0) against the target."""
+        """The IoU of the last hourglass's volume (logit > 0) against the target, summed; the sample count."""
         model.eval()
         total, count = 0.0, 0
         with torch.inference_mode():
@@ -166,7 +166,7 @@ class VRNTask(Task):
                 total += float(volume_iou(logits.float() > 0, y > 0.5).sum())
                 count += len(x)
         model.train()
-        return {"iou": total / max(count, 1)}
+        return {"iou": total}, count
 
     def timing(self, seconds: float, samples: int) -> dict:
         return {"samples_per_s": round(samples / seconds, 2)}

@@ -190,7 +190,8 @@ class HMNetTask(Task):
         return loss, terms
 
     def evaluate(self, model, loader, device) -> dict:
-        """Mean vertex and joint errors in mm (no alignment); joints from the surface when there are vertices."""
+        """Mean vertex and joint errors in mm (no alignment) summed over the samples, and their count; joints
+        from the surface when there are vertices."""
         model.eval()
         sums = {"surface_mm": 0.0, "joint_mm": 0.0}
         count = 0
@@ -208,7 +209,7 @@ class HMNetTask(Task):
                     sums["joint_mm"] += float((mean_distance(out["joints"], joints.to(device)) * mm).sum())
                 count += len(x_rgb)
         model.train()
-        return {k: v / max(count, 1) for k, v in sums.items()}
+        return sums, count
 
 
 def main(argv=None) -> int:

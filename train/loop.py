@@ -54,8 +54,9 @@ class Setup:
 
 
 class Task:
-    """One network's part of training. `metric_digits` rounds the validation means; `evaluate` returns the
-    unrounded means over the loader (keys without the "val_" prefix)."""
+    """One network's part of training. `evaluate` returns each validation metric summed over the loader's samples
+    (keys without the "val_" prefix) and the sample count; the loop takes the mean over every rank's samples
+    and rounds it to `metric_digits`."""
     metric_digits = 4
 
     def check(self, cfg):
@@ -73,7 +74,7 @@ class Task:
         """(loss to minimise, {logged term: float}) of one batch from the loader."""
         raise NotImplementedError
 
-    def evaluate(self, model, loader, device: torch.device) -> dict:
+    def evaluate(self, model, loader, device: torch.device) -> tuple[dict, int]:
         raise NotImplementedError
 
     def timing(self, seconds: float, samples: int) -> dict:
@@ -129,12 +130,24 @@ def setup_distributed(device: str):
     return rank, world, torch.device("cpu")
 
 
-def all_reduce_mean(value: float, world: int, device) -> float:
+def all_reduce_sum(value: float, world: int, device) -> float:
     if world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item()) / world
+    return float(t.item())
+
+
+def all_reduce_mean(value: float, world: int, device) -> float:
+    return all_reduce_sum(value, world, device) / world
+
+
+def distributed(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP around `model`. Sparse buffers (HMNet's smoothing matrix) are constants every rank builds alike from
+    the template, and DDP cannot broadcast them: they are left out of its synchronisation."""
+    sparse = [name for name, b in model.named_buffers() if b.is_sparse]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sparse)
+    return torch.nn.parallel.DistributedDataParallel(model)
 
 
 def autocast(device: torch.device):
@@ -261,8 +274,8 @@ def resumed(meta: dict) -> Run:
 
 
 def train(task: Task, cfg, command: str = "") -> int:
-    """Train `task` as `cfg` says (a new run, or --resume of the run in cfg.out); 0 when done or at max_steps, 130 on Ctrl-C, Terminated on
-    SIGTERM. Long (about 100 lines) on purpose: the loop reads top to bottom, as nanoGPT's does, with every
+    """Train `task` as `cfg` says (a new run, or --resume of the run in cfg.out); 0 when done or at max_steps,
+    130 on Ctrl-C, Terminated on SIGTERM. Long (about 100 lines) on purpose: the loop reads top to bottom, as nanoGPT's does, with every
     state it keeps (the Run) in view."""
     cfg = task.check(resolve_run(task.check(cfg)))
     run_dir = Path(cfg.out)
@@ -283,7 +296,7 @@ def train(task: Task, cfg, command: str = "") -> int:
         rng = torch.get_rng_state()
     elif rank == 0:
         write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp = distributed(model) if world > 1 else model
     loader_kw = dict(num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda",
                      worker_init_fn=ignore_sigterm)
     val_part = torch.utils.data.Subset(s.val_part.dataset, s.val_part.indices[rank::world])
@@ -291,14 +304,18 @@ def train(task: Task, cfg, command: str = "") -> int:
     eval_every = getattr(cfg, "eval_every", 0)
 
     def validate() -> dict:
-        means = task.evaluate(model, val_loader, device)
-        return {f"val_{k}": round(all_reduce_mean(v, world, device), task.metric_digits) for k, v in means.items()}
+        sums, count = task.evaluate(model, val_loader, device)
+        count = max(all_reduce_sum(count, world, device), 1)
+        return {f"val_{k}": round(all_reduce_sum(v, world, device) / count, task.metric_digits)
+                for k, v in sums.items()}
 
-    def checkpoint() -> None:
-        if rank == 0:  # only finished epochs' rows: an interrupt at an epoch's end must not log it twice
+    def checkpoint(epoch: int, batch: int, sums: dict) -> None:
+        """Saved where `epoch` stands after `batch` batches. An interrupt while an epoch's end is validated or
+        exported saves that epoch as not yet ended (its row is left out): --resume ends it again, once."""
+        if rank == 0:
             save_state(state_path, model, optimizer, {
-                "epoch": run.epoch, "batch": run.batch, "step": run.step, "loss_sums": run.sums,
-                "history": [h for h in run.history if h["epoch"] <= run.epoch]})
+                "epoch": epoch, "batch": batch, "step": run.step, "loss_sums": sums,
+                "history": [h for h in run.history if h["epoch"] <= epoch]})
 
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -317,7 +334,7 @@ def train(task: Task, cfg, command: str = "") -> int:
             rng = None
             bar = tqdm(total=per_epoch, initial=run.batch, disable=True if rank else None, file=sys.stderr,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
-            t0, seen, skipped = time.perf_counter(), 0, run.batch
+            t0, seen = time.perf_counter(), 0
             for batch in loader:
                 loss, terms = task.loss(ddp, batch, device)
                 optimizer.zero_grad(set_to_none=True)
@@ -330,7 +347,7 @@ def train(task: Task, cfg, command: str = "") -> int:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{rate:.1f}")
                 bar.update(1)
                 if eval_every and run.step % eval_every == 0:  # every rank evaluates its share
-                    means = " ".join(f"{k} {v / (run.batch - skipped):.4f}" for k, v in run.sums.items())
+                    means = " ".join(f"{k} {v / run.batch:.4f}" for k, v in run.sums.items())
                     figures = validate()
                     if rank == 0:
                         print(f"step {run.step}: {means} val {figures}", file=sys.stderr)
@@ -338,23 +355,23 @@ def train(task: Task, cfg, command: str = "") -> int:
                     break
             bar.close()
             if run.batch < per_epoch:  # interrupted or max_steps: save where we are, resume repeats nothing
-                checkpoint()
+                checkpoint(epoch, run.batch, run.sums)
                 break
             row = {"epoch": epoch + 1, "step": run.step, "lr": lr,
                    **{k: round(all_reduce_mean(v / run.batch, world, device), 5) for k, v in run.sums.items()},
                    **validate(), **task.timing(time.perf_counter() - t0, seen)}
             run.history.append(row)
-            run.epoch, run.batch, run.sums = epoch + 1, 0, {}
-            checkpoint()
+            checkpoint(epoch + 1, 0, {})
             if rank == 0:
                 export(task, cfg, model, run, len(s.train_part), world, device, command)
                 write_log(run_dir / "log.csv", run.history)
                 print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v}" for k, v in row.items() if k != "epoch"),
                       file=sys.stderr)
+            run.epoch, run.batch, run.sums = epoch + 1, 0, {}
             if stop["now"] or (cfg.max_steps and run.step >= cfg.max_steps):
                 break
     except KeyboardInterrupt:
-        checkpoint()
+        checkpoint(run.epoch, run.batch, run.sums)
         print(f"interrupted: state saved in {state_path}; continue with --resume", file=sys.stderr)
         return 130
     finally:
