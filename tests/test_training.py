@@ -230,10 +230,11 @@ def test_sigterm_to_the_whole_process_group_saves_state(tiny_dataset, tmp_path):
     assert fit(["--out", str(run), "--resume", "--max-steps", "1"]) == 0
 
 
-@pytest.mark.parametrize("where", ["evaluate", "export"])
-def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path, monkeypatch, where):
-    """Issue 16, case 7: Ctrl-C while epoch 2 is being validated or exported, then --resume: every epoch is in
-    the log exactly once and the run ends where an uninterrupted one does."""
+@pytest.mark.parametrize("where,call", [("evaluate", 2), ("export", 2), ("export", 3)])
+def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path, monkeypatch, where, call):
+    """Issue 16, case 7: Ctrl-C while epoch 2 (or the last, 3) is being validated or exported, then --resume:
+    every epoch is in the log exactly once and the run ends where an uninterrupted one does, its model
+    exported."""
     import train.fit
     import train.loop
 
@@ -243,7 +244,7 @@ def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path,
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -253,3 +254,4 @@ def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path,
     monkeypatch.setattr(owner, where, real)
     assert fit(["--out", str(run), "--resume"]) == 0
     assert [int(r["epoch"]) for r in read_log(run)] == [1, 2, 3]
+    assert json.loads((run / "model.json").read_text())["training"]["epochs"] == 3

@@ -275,8 +275,8 @@ def resumed(meta: dict) -> Run:
 
 def train(task: Task, cfg, command: str = "") -> int:
     """Train `task` as `cfg` says (a new run, or --resume of the run in cfg.out); 0 when done or at max_steps,
-    130 on Ctrl-C, Terminated on SIGTERM. Long (about 100 lines) on purpose: the loop reads top to bottom, as nanoGPT's does, with every
-    state it keeps (the Run) in view."""
+    130 on Ctrl-C, Terminated on SIGTERM. Long (about 100 lines) on purpose: the loop reads top to bottom, as
+    nanoGPT's does, with every state it keeps (the Run) in view."""
     cfg = task.check(resolve_run(task.check(cfg)))
     run_dir = Path(cfg.out)
     state_path = run_dir / "state.safetensors"
@@ -353,6 +353,7 @@ def train(task: Task, cfg, command: str = "") -> int:
                         print(f"step {run.step}: {means} val {figures}", file=sys.stderr)
                 if stop["now"] or (cfg.max_steps and run.step >= cfg.max_steps):
                     break
+            del loader  # its worker processes end now (a live iterator would hold them, and the exit, after a break)
             bar.close()
             if run.batch < per_epoch:  # interrupted or max_steps: save where we are, resume repeats nothing
                 checkpoint(epoch, run.batch, run.sums)
