@@ -275,7 +275,7 @@ def resumed(meta: dict) -> Run:
 
 def train(task: Task, cfg, command: str = "") -> int:
     """Train `task` as `cfg` says (a new run, or --resume of the run in cfg.out); 0 when done or at max_steps,
-    130 on Ctrl-C, Terminated on SIGTERM. Long (about 100 lines) on purpose: the loop reads top to bottom, as
+    130 on Ctrl-C, Terminated on SIGTERM. Long (about 110 lines) on purpose: the loop reads top to bottom, as
     nanoGPT's does, with every state it keeps (the Run) in view."""
     cfg = task.check(resolve_run(task.check(cfg)))
     run_dir = Path(cfg.out)
