@@ -182,6 +182,8 @@ def test_table1_trains_each_variant_and_writes_the_table(tiny_dataset, tmp_path)
         val_half, val_final, test = float(cells[1]), float(cells[2]), float(cells[3].split()[0])
         assert all(0.0 <= v <= 1.0 for v in (val_half, val_final, test)), row
         assert cells[3].endswith("(4)")  # the tiny set's four held-out bodies
+    command = json.loads((tmp_path / "runs" / "mask-only" / "model.json").read_text())["training"]["command"]
+    assert command.startswith(f"python -m train.fit --data {tiny_dataset} --out ") and "--variant mask-only" in command
     state = tmp_path / "runs" / "mask-only" / "state.safetensors"
     before = state.stat().st_mtime_ns
     assert table1(argv) == 0

@@ -99,7 +99,7 @@ def parse_flags(config_class, prog: str, description: str, argv=None, choices: d
 def command_line(prog: str, cfg) -> str:
     """The command that gives `cfg`: `prog` and a flag for every field that differs from its default (recorded
     in the model's JSON when a tool, not a shell, started the run)."""
-    words = [prog]
+    words = []
     for f in dataclasses.fields(cfg):
         value, default = getattr(cfg, f.name), f.default_factory() if callable(f.default_factory) else f.default
         if value == default:
@@ -109,7 +109,7 @@ def command_line(prog: str, cfg) -> str:
             words.append(flag)
         else:
             words += [flag, *map(str, value if isinstance(value, list) else [value])]
-    return " ".join(map(shlex.quote, words))
+    return " ".join([prog, *map(shlex.quote, words)])
 
 
 # ---------------------------------------------------------------- distributed and device set-up
