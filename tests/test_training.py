@@ -182,6 +182,8 @@ def test_table1_trains_each_variant_and_writes_the_table(tiny_dataset, tmp_path)
         val_half, val_final, test = float(cells[1]), float(cells[2]), float(cells[3].split()[0])
         assert all(0.0 <= v <= 1.0 for v in (val_half, val_final, test)), row
         assert cells[3].endswith("(4)")  # the tiny set's four held-out bodies
+    command = json.loads((tmp_path / "runs" / "mask-only" / "model.json").read_text())["training"]["command"]
+    assert command.startswith(f"python -m train.fit --data {tiny_dataset} --out ") and "--variant mask-only" in command
     state = tmp_path / "runs" / "mask-only" / "state.safetensors"
     before = state.stat().st_mtime_ns
     assert table1(argv) == 0
@@ -230,24 +232,28 @@ def test_sigterm_to_the_whole_process_group_saves_state(tiny_dataset, tmp_path):
     assert fit(["--out", str(run), "--resume", "--max-steps", "1"]) == 0
 
 
-@pytest.mark.parametrize("where", ["evaluate_iou", "export"])
-def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path, monkeypatch, where):
-    """Issue 16, case 7: Ctrl-C while epoch 2 is being validated or exported, then --resume: every epoch is in
-    the log exactly once and the run ends where an uninterrupted one does."""
-    import train.fit as training
+@pytest.mark.parametrize("where,call", [("evaluate", 2), ("export", 2), ("export", 3)])
+def test_interrupt_at_an_epochs_end_logs_that_epoch_once(tiny_dataset, tmp_path, monkeypatch, where, call):
+    """Issue 16, case 7: Ctrl-C while epoch 2 (or the last, 3) is being validated or exported, then --resume:
+    every epoch is in the log exactly once and the run ends where an uninterrupted one does, its model
+    exported."""
+    import train.fit
+    import train.loop
 
-    real = getattr(training, where)
+    owner = train.fit.VRNTask if where == "evaluate" else train.loop
+    real = getattr(owner, where)
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     run = tmp_path / "run"
-    monkeypatch.setattr(training, where, interrupted)
+    monkeypatch.setattr(owner, where, interrupted)
     assert fit(["--data", str(tiny_dataset), "--out", str(run), "--epochs", "3", *TINY]) == 130
-    monkeypatch.setattr(training, where, real)
+    monkeypatch.setattr(owner, where, real)
     assert fit(["--out", str(run), "--resume"]) == 0
     assert [int(r["epoch"]) for r in read_log(run)] == [1, 2, 3]
+    assert json.loads((run / "model.json").read_text())["training"]["epochs"] == 3

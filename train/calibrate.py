@@ -26,7 +26,7 @@ from core.errors import MonohumanError
 from core.reconstruct import pick_device, predict_volume
 from train.dataset import VolumeDataset, model_depth_anchor, target_volume, training_mask
 from train.evaluate import inference_landmarks
-from train.fit import split_train_val
+from train.loop import split_train_val
 from train.metrics import volume_iou
 from train.samples import read_sample
 

@@ -215,6 +215,10 @@ def evaluation_parser(prog: str, doc: str, method: str) -> argparse.ArgumentPars
     return parser
 
 
+def command_of(argv) -> str:
+    return "python -m train.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
 def main(argv=None) -> int:
     """The command: one line and its exit code for every expected failure (core.errors.run_command)."""
     from core.errors import run_command
@@ -232,12 +236,10 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if all(model_method(m) == "hmnet" for m in args.model):
-            from train.evaluate_mesh import main as evaluate_mesh
+            from train.evaluate_mesh import MeshEvaluation, evaluate_meshes
 
-            keep = ["--data", *args.data, "--model", *args.model, "--split", args.split, "--limit", str(args.limit),
-                    "--device", args.device] + (["--write", args.write] if args.write else []) \
-                + (["--json", args.json] if args.json else [])
-            return evaluate_mesh(keep)
+            job = MeshEvaluation(args.data, args.model, args.split, args.limit, args.device, args.write, args.json)
+            return evaluate_meshes(job, command_of(argv))
         summaries = [evaluate_model(m, args.data, args.split, args.limit, not args.no_surface, args.device,
                                     args.depth_anchor) for m in args.model]
     except MonohumanError as err:
@@ -252,8 +254,7 @@ def _main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"heldout": summaries, "photos": photos}, indent=1))
     if args.write:
-        command = "python -m train.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results(Path(args.write), summaries, args.data, command, photos)
+        write_results(Path(args.write), summaries, args.data, command_of(argv), photos)
     return 0
 
 

@@ -124,6 +124,20 @@ def main(argv=None) -> int:
     return run_command(lambda: _main(argv))
 
 
+@dataclasses.dataclass
+class MeshEvaluation:
+    """What `python -m train.evaluate_mesh` is asked to do; its fields are the flags."""
+    data: list
+    model: list
+    split: str = "test"
+    limit: int = 0
+    device: str = "auto"
+    write: str | None = None
+    json: str | None = None
+    no_mean_body: bool = False
+    photos: int = 0
+
+
 def _main(argv=None) -> int:
     parser = evaluation_parser("python -m train.evaluate_mesh", __doc__, "hmnet")
     parser.add_argument("--no-mean-body", action="store_true", help="leave out the mean-body row")
@@ -131,32 +145,37 @@ def _main(argv=None) -> int:
                         help="with the fit among the models: also fit this many photo-like renders (2D joint "
                              "error in pixels, front silhouette against the person mask)")
     args = parser.parse_args(argv)
+    command = "python -m train.evaluate_mesh " + " ".join(argv if argv is not None else sys.argv[1:])
+    return evaluate_meshes(MeshEvaluation(**vars(args)), command)
+
+
+def evaluate_meshes(job: MeshEvaluation, command: str) -> int:
+    """Print the mesh metrics table of `job`'s models (and write it where asked); the exit code."""
     try:
         from train.evaluate_fit import evaluate_fit, is_fit_model
 
-        summaries = [evaluate_fit(m, args.data, args.split, args.limit, args.device) if is_fit_model(m) else
-                     evaluate_mesh_model(m, args.data, args.split, args.limit, args.device) for m in args.model]
-        if not args.no_mean_body:
-            summaries.append(evaluate_mean_body(args.data, args.split, args.limit))
+        summaries = [evaluate_fit(m, job.data, job.split, job.limit, job.device) if is_fit_model(m) else
+                     evaluate_mesh_model(m, job.data, job.split, job.limit, job.device) for m in job.model]
+        if not job.no_mean_body:
+            summaries.append(evaluate_mean_body(job.data, job.split, job.limit))
     except MonohumanError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print(results_table(summaries))
     photo_rows = []
-    if args.photos and any(is_fit_model(m) for m in args.model):
+    if job.photos and any(is_fit_model(m) for m in job.model):
         from train.evaluate_fit import evaluate_fit_photos
 
-        photos = evaluate_fit_photos(args.photos, device=args.device)
-        print(f"fit on {args.photos} photo-like renders ({photos['size']} px): joints {photos['joint_px_mean']:.1f} px "
+        photos = evaluate_fit_photos(job.photos, device=job.device)
+        print(f"fit on {job.photos} photo-like renders ({photos['size']} px): joints {photos['joint_px_mean']:.1f} px "
               f"({photos['joint_pct_height_mean']:.1f} % of the person's height) from the true ones; front silhouette "
               f"IoU {photos['vs_true_mask_mean']:.3f} against the true mask, {photos['vs_detected_mask_mean']:.3f} "
               "against mediapipe's")
         photo_rows.append({"photos": photos})
-    if args.json:
-        Path(args.json).write_text(json.dumps(summaries + photo_rows, indent=1))
-    if args.write:
-        command = "python -m train.evaluate_mesh " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_results(Path(args.write), summaries, args.data, command)
+    if job.json:
+        Path(job.json).write_text(json.dumps(summaries + photo_rows, indent=1))
+    if job.write:
+        write_results(Path(job.write), summaries, job.data, command)
     return 0
 
 

@@ -5,7 +5,7 @@ epochs, IoU after half of the epochs and at the end.
 
 Each variant keeps its own architecture (stacks, block, inputs, supervision: `core.networks.vrn.VARIANTS`);
 the knobs a budget forces (width, volume, epochs, optimiser) are shared, so the rows differ only where the
-paper's rows differ. Every run is `train.fit` in `OUT/VARIANT`: a stopped table resumes each run where it
+paper's rows differ. Every run is `train.fit.fit` in `OUT/VARIANT`: a stopped table resumes each run where it
 stopped, a finished run is kept. Reported per variant: validation IoU (training-split bodies held back by
 `train.fit`) after epoch ceil(E/2) and E, as the paper reports IoU by epoch, and the held-out test IoU of the
 final model (`train.evaluate`, level 0.5, inputs built as at inference), beside the paper's figures.
@@ -22,7 +22,8 @@ from pathlib import Path
 from core.errors import MonohumanError
 from core.networks.vrn import VARIANT_NAMES
 from train.evaluate import evaluate_model, replace_section
-from train.fit import main as fit
+from train.fit import TrainConfig, fit
+from train.loop import command_line
 
 BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
 PAPER = {  # Table 1 of the paper: IoU (%) at epoch 30 and 60, SMPLify data, 128^3
@@ -33,15 +34,14 @@ PAPER = {  # Table 1 of the paper: IoU (%) at epoch 30 and 60, SMPLify data, 128
 def train_variant(args, name: str) -> Path:
     run = Path(args.out) / name
     if (run / "state.safetensors").exists():
-        argv = ["--out", str(run), "--resume"]
+        cfg = TrainConfig(out=str(run), resume=True)
     else:
-        argv = ["--data", *args.data, "--out", str(run), "--variant", name, "--features", str(args.features),
-                "--norm", args.norm, "--volume", args.volume, "--epochs", str(args.epochs),
-                "--batch-size", str(args.batch_size), "--optimizer", args.optimizer, "--lr", str(args.lr),
-                "--lr-late", str(args.lr_late), "--lr-drop", str(args.lr_drop), "--workers", str(args.workers),
-                "--threads", str(args.threads), "--seed", str(args.seed), "--name", name]
+        cfg = TrainConfig(data=list(args.data), out=str(run), variant=name, features=args.features, norm=args.norm,
+                          volume=args.volume, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                          lr=args.lr, lr_late=args.lr_late, lr_drop=args.lr_drop, workers=args.workers,
+                          threads=args.threads, seed=args.seed, name=name)
     print(f"table1: {name}", file=sys.stderr)
-    rc = fit(argv)
+    rc = fit(cfg, command=command_line("python -m train.fit", cfg))
     if rc:
         raise MonohumanError(f"Training {name} stopped (exit {rc}).", f"Run the same command again to resume {run}.")
     return run / "model"
