@@ -45,7 +45,6 @@ class LoadedModel:
     weights_path: Path
 
 
-resolve_model = find_model  # deprecated: train/evaluate.py still calls it; use core.models.find_model
 
 
 # ---------------------------------------------------------------------------------------------------------

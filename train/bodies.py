@@ -94,11 +94,6 @@ class AnnyTopology:
     bone_parents: tuple  # parent index per bone (-1 = root)
     dist: object  # anny.shape_distribution.SimpleShapeDistribution: the phenotype law (sample_phenotype)
 
-    def as_dict(self) -> dict:
-        """The old untyped view (`_static()`), for the callers not yet switched."""
-        return dict(faces=self.faces, parts=self.parts, kp_weights=self.kp_weights, dist=self.dist,
-                    bone_labels=list(self.bone_labels), bone_parents=list(self.bone_parents))
-
 
 def _bone_part(name: str) -> int:
     """The part a vertex belongs to when `name` is its dominant skinning bone (the module docstring's rule)."""
@@ -154,11 +149,6 @@ def topology() -> AnnyTopology:
                         kp_weights=kp.regression_weights.cpu().numpy(), bone_labels=tuple(labels),
                         bone_parents=tuple(int(p) for p in model.bone_parents),
                         dist=SimpleShapeDistribution(model))
-
-
-def _static() -> dict:
-    """Deprecated untyped view of `topology()`: train/evaluate.py and train/fit_hmnet.py still call it."""
-    return topology().as_dict()
 
 
 # --------------------------------------------------------------------------------------------- shape

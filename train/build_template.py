@@ -43,18 +43,18 @@ def rest_body() -> dict:
     from train import bodies
 
     model = bodies.get_model()
-    st = bodies._static()
+    st = bodies.topology()
     ph = {k: torch.tensor([0.5], dtype=model.dtype) for k in model.phenotype_labels}
     with torch.no_grad():
         res = model(phenotype_kwargs=ph)
     verts = res["vertices"][0].numpy().astype(np.float64)
     poses = res["bone_poses"][0].numpy().astype(np.float64)
     heads, axes = poses[:, :3, 3].copy(), poses[:, :3, :3].copy()
-    labels, parents = list(st["bone_labels"]), list(st["bone_parents"])
+    labels, parents = list(st.bone_labels), list(st.bone_parents)
     shift = np.array([-heads[labels.index("root"), 0], -heads[labels.index("root"), 1], -verts[:, 2].min()])
     verts, heads = verts + shift, heads + shift
     skin_weight = model.vertex_bone_weights.numpy().astype(np.float32)
-    return dict(verts=verts, faces=st["faces"], parts=st["parts"], heads=heads, axes=axes,
+    return dict(verts=verts, faces=st.faces, parts=st.parts, heads=heads, axes=axes,
                 tails=_bone_tails(heads, axes, parents), labels=labels, parents=parents,
                 skin_index=model.vertex_bone_indices.numpy().astype(np.int16),
                 skin_weight=skin_weight / skin_weight.sum(1, keepdims=True))

@@ -22,7 +22,8 @@ import numpy as np
 import trimesh
 from tqdm import tqdm
 
-from core.checkpoint import load_model, resolve_model
+from core.checkpoint import load_model
+from core.models import find_model
 from core.encode import encode
 from core.errors import MonohumanError
 from core.reconstruct import DEFAULT_MODELS, pick_device, predict_volume, surface_level
@@ -44,9 +45,9 @@ def inference_landmarks(sample: dict) -> np.ndarray:
 def ground_truth_mesh(sample: dict) -> trimesh.Trimesh:
     """The posed (dressed) Anny body in the data's volume frame; a scan's voxelised surface otherwise."""
     if sample["meta"].get("source") == "anny":
-        from train.bodies import _static
+        from train.bodies import topology
 
-        faces = _static()["faces"]
+        faces = topology().faces
         if faces.max() < len(sample["vertices_vox"]):
             return trimesh.Trimesh(sample["vertices_vox"], faces, process=False)
     return extract_surface(sample["volume"].astype(np.float32), smooth_iterations=0)
@@ -54,7 +55,7 @@ def ground_truth_mesh(sample: dict) -> trimesh.Trimesh:
 
 def model_method(model_ref) -> str:
     """The method a model file declares, read from its JSON without loading the weights."""
-    js, _ = resolve_model(model_ref)
+    js, _ = find_model(model_ref)
     return str(json.loads(js.read_text()).get("method", "vrn"))
 
 
