@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from core.checkpoint import load_model
 from core.encode import encode
 from core.errors import MonohumanError
+from core.files import write_atomic
 from core.reconstruct import pick_device, predict_volume
 from train.dataset import VolumeDataset, model_depth_anchor, target_volume, training_mask
 from train.evaluate import inference_landmarks
@@ -57,9 +57,7 @@ def record_level(json_path: Path, level: float, table: dict, n_bodies: int) -> N
     doc = json.loads(json_path.read_text())
     doc["inference"] = {"iso_level": level, "chosen_on": f"validation slice, {n_bodies} held-back training bodies",
                         "val_iou_by_level": {f"{k:g}": round(v, 4) for k, v in table.items()}}
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    write_atomic(json_path, json.dumps(doc, indent=2) + "\n")
 
 
 def main(argv=None) -> int:

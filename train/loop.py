@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from core.checkpoint import save_model
@@ -174,9 +175,7 @@ def save_state(path: Path, model, optimizer, meta: dict) -> None:
                 scalars[f"{pid}.{key}"] = value
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {**meta, "optim_scalars": scalars, "optim_groups": opt["param_groups"]}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"train_state": json.dumps(meta)})
-    os.replace(tmp, path)
+    write_atomic(path, save(tensors, metadata={"train_state": json.dumps(meta)}))
 
 
 def load_state(path: Path, model, optimizer) -> dict:
@@ -399,9 +398,8 @@ def export(task: Task, cfg, model, run: Run, samples: int, world: int, device, c
 
 
 def write_log(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(path, text.getvalue())
