@@ -358,20 +358,25 @@ def evaluated_vertices(obj) -> np.ndarray:
     return co
 
 
-def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_path):
-    """A real HMNet result (the shipped model): 104 bones with their roll, and posing the left upper arm 60
-    degrees moves every forearm and hand vertex and no leg vertex."""
-    from math import radians
-
+def _built_in_blender(assets, tmp_path, method: str):
+    """The backend's result for the test photo, built in the scene: (result, mesh object, armature)."""
     from blender_addon import build_mesh
     from core.backend import run_request
 
     photo = need(assets, "person_photo")
     result = build_mesh.load_result(run_request({"photo": photo, "output": str(tmp_path / "r.npz"),
-                                                 "method": "hmnet", "device": "cpu"}))
+                                                 "method": method, "device": "cpu"}))
     bpy.context.scene.cursor.location = (0, 0, 0)
     out = build_mesh.build_result(result)
-    obj, arm = out["object"], out["armature"]
+    return result, out["object"], out["armature"]
+
+
+def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_path):
+    """A real HMNet result (the shipped model): 104 bones with their roll, and posing the left upper arm 60
+    degrees moves every forearm and hand vertex and no leg vertex."""
+    from math import radians
+
+    result, obj, arm = _built_in_blender(assets, tmp_path, "hmnet")
     assert len(arm.data.bones) == 104 and obj.parent == arm
     bones = [arm.data.bones[str(n)] for n in result["armature_names"]]
     for k in (1, 2):  # direction (y) and roll (z) as the rig has them, in armature space
@@ -395,15 +400,7 @@ def test_rigged_reconstruction_poses_in_blender(addon, clean_scene, assets, tmp_
 def test_fitted_body_is_posed_as_in_the_photo_with_anny_rest_pose(addon, clean_scene, assets, tmp_path):
     """The fit's result: the armature's rest is Anny's rest pose (the mesh data), its pose shows the body as in
     the photo (the evaluated mesh is the fitted one), and clearing the pose gives the rest body back."""
-    from blender_addon import build_mesh
-    from core.backend import run_request
-
-    photo = need(assets, "person_photo")
-    result = build_mesh.load_result(run_request({"photo": photo, "output": str(tmp_path / "r.npz"),
-                                                 "method": "fit", "device": "cpu"}))
-    bpy.context.scene.cursor.location = (0, 0, 0)
-    out = build_mesh.build_result(result)
-    obj, arm = out["object"], out["armature"]
+    result, obj, arm = _built_in_blender(assets, tmp_path, "fit")
     rest = np.array([v.co[:] for v in obj.data.vertices])
     assert np.abs(rest - result["rest_vertices"]).max() < 1e-5
     assert np.ptp(rest[:, 2]) == pytest.approx(1.70, abs=1e-3)  # the rest pose is the subject height

@@ -33,7 +33,7 @@ def net():
 
 @pytest.fixture
 def saved(tmp_path, net):
-    js = save_model(tmp_path / "tiny", net, {"training": {"epochs": 0}, "metrics": {"heldout_iou": 0.5}},
+    js = save_model(tmp_path / "tiny", net, {"training": {"epochs": 0}, "metrics": {"val_iou": 0.5}},
                     dtype=torch.float32)
     return js, tmp_path / "tiny.safetensors"
 
@@ -47,7 +47,7 @@ def test_round_trip_fp32_identical(saved, net):
     doc = json.loads(js.read_text())
     assert doc["format"] == "monohuman-model" and doc["format_version"] == 1 and doc["method"] == "vrn"
     assert doc["name"] == "tiny" and doc["config"]["variant"] == "multistack" and len(doc["weights_sha256"]) == 64
-    assert doc["metrics"] == {"heldout_iou": 0.5} and doc["training"] == {"epochs": 0}
+    assert doc["metrics"] == {"val_iou": 0.5} and doc["training"] == {"epochs": 0}
     for ref in (js, wt, js.with_suffix("")):
         m = load_model(ref)
         assert m.name == "tiny" and m.path == js and m.config == net.config and not m.network.training
@@ -78,7 +78,7 @@ def test_bare_name_search_and_list(tmp_path, saved, monkeypatch):
     (tmp_path / "broken.safetensors").write_bytes(b"x")
     entries = {e.name: e for e in list_models([tmp_path])}
     assert entries["tiny"].ok and entries["tiny"].variant == "multistack"
-    assert entries["tiny"].method == "vrn" and entries["tiny"].metrics == {"heldout_iou": 0.5}
+    assert entries["tiny"].method == "vrn" and entries["tiny"].metrics == {"val_iou": 0.5}
     assert not entries["broken"].ok and "not valid JSON" in entries["broken"].problem
     assert {e.name for e in list_models([tmp_path], method="hmnet")} == {"broken"}  # kept: it says why
 
@@ -129,36 +129,28 @@ def test_altered_byte(saved):
         load_model(js)
 
 
-def test_bad_json_and_tags(saved):
-    js, wt = saved
-    good = js.read_text()
-    js.write_text(good[:-20])
+def test_bad_json(saved):
+    js, _ = saved
+    js.write_text(js.read_text()[:-20])
     with pytest.raises(ModelError, match=r"tiny\.json is not valid JSON"):
         load_model(js)
-    js.write_text(good)
-    _edit_json(js, format="something-else")
-    with pytest.raises(ModelError, match="not a Monohuman model"):
-        load_model(js)
-    js.write_text(good)
-    _edit_json(js, format_version=7)
-    with pytest.raises(ModelError, match="format_version 7"):
-        load_model(js)
-    js.write_text(good)
-    _edit_json(js, method="nerf")
-    with pytest.raises(ModelError, match="unknown method 'nerf'"):
-        load_model(js)
-    js.write_text(good)
-    doc = json.loads(good)
-    _edit_json(js, config={**doc["config"], "variant": "vrn-huge"})
-    with pytest.raises(ModelError, match="unknown VRN variant 'vrn-huge'"):
-        load_model(js)
-    js.write_text(good)
-    _edit_json(js, config={**doc["config"], "dropout": 0.5})
-    with pytest.raises(ModelError, match="unknown VRN config keys"):
-        load_model(js)
-    js.write_text(good)
-    _edit_json(js, weights_sha256=None)
-    with pytest.raises(ModelError, match="no weights_sha256"):
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(format="something-else"), "not a Monohuman model"),
+    (dict(format_version=7), "format_version 7"),
+    (dict(method="nerf"), "unknown method 'nerf'"),
+    (dict(config={"variant": "vrn-huge"}), "unknown VRN variant 'vrn-huge'"),
+    (dict(config={"dropout": 0.5}), "unknown VRN config keys"),
+    (dict(weights_sha256=None), "no weights_sha256"),
+])
+def test_bad_tags(saved, edit, message):
+    """Each wrong field is named (a config edit changes one key of the saved config)."""
+    js, _ = saved
+    if "config" in edit:
+        edit = {"config": {**json.loads(js.read_text())["config"], **edit["config"]}}
+    _edit_json(js, **edit)
+    with pytest.raises(ModelError, match=message):
         load_model(js)
 
 
