@@ -1,0 +1,46 @@
+"""The body guide (core/guide.py) agrees with the voxelised body it describes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.body_model import FIT_BONES, load_body_model
+from core.bodyfit import FitParams, pose_body
+from core.guide import GUIDE_CHANNELS, body_guide
+from core.template import load_template
+from train.voxelise import voxelise
+
+SHAPE = (64, 64, 64)
+
+
+def _posed_body() -> np.ndarray:
+    """An Anny body with a bent left elbow in the middle of a 64^3 volume frame, turned 30 degrees."""
+    pose = np.zeros((len(FIT_BONES), 3))
+    pose[FIT_BONES.index("lowerarm01.L")] = (1.2, 0.0, 0.0)
+    params = FitParams(np.full(6, 0.5), pose, np.array([0.0, 0.0, np.radians(30)]), 34.0, np.array([32.0, 32.0]))
+    return pose_body(params, SHAPE, load_body_model()).vertices
+
+
+def test_guide_matches_the_voxelised_body():
+    vertices, faces = _posed_body(), load_template().faces
+    guide = body_guide(vertices, faces, SHAPE, SHAPE[1:])
+    assert guide.shape == (len(GUIDE_CHANNELS), 64, 64) and guide.dtype == np.float32
+    occupancy = voxelise(vertices, faces, SHAPE)
+    seen = occupancy.any(0)
+    cover = guide[2] > 0.5
+    assert (cover & seen).sum() / (cover | seen).sum() > 0.9  # the silhouette is the voxels' projection
+    both = cover & seen
+    first = occupancy.argmax(0)
+    last = SHAPE[0] - 1 - occupancy[::-1].argmax(0)
+    d = SHAPE[0]
+    # front and back surfaces within about a voxel of the first and last occupied voxel of each column
+    assert np.median(np.abs(guide[0][both] * d - (first[both] + 0.5))) < 1.0
+    assert np.median(np.abs(guide[1][both] * d - (last[both] + 0.5))) < 1.0
+    assert (guide[0][cover] <= guide[1][cover] + 1e-6).all() and not guide[:, ~cover].any()
+
+
+def test_guide_at_another_input_size_is_the_same_body():
+    vertices, faces = _posed_body(), load_template().faces
+    small, large = body_guide(vertices, faces, SHAPE, (32, 32)), body_guide(vertices, faces, SHAPE, (128, 128))
+    pooled = large[2].reshape(32, 4, 32, 4).mean((1, 3)) > 0.5
+    assert (pooled == (small[2] > 0.5)).mean() > 0.97
