@@ -24,6 +24,7 @@ import dataclasses
 import json
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,14 @@ class NoiseModel:
         return cls(**{**values, "samples": int(values["samples"])})
 
 
+@lru_cache(maxsize=2)
+def _spread_vertices(body, count: int = 1500) -> np.ndarray:
+    """`count` vertices spread over the rest body (farthest-point sampling: 2 s, so once per body model)."""
+    from core.template import farthest_point_sample
+
+    return np.sort(farthest_point_sample(np.asarray(body.template.rest_vertices, float), count))
+
+
 def truth_params(sample: dict, body=None, steps: int = 150) -> FitParams:
     """The sample's true body in the fit's parameters: the best those parameters can do. Start: the pose and
     orientation of `pose_from_body`, the card's phenotype, the least-squares camera; then Adam on everything
@@ -83,14 +92,13 @@ def truth_params(sample: dict, body=None, steps: int = 150) -> FitParams:
     root at depth D/2; every figure here is depth-aligned)."""
     from core.bodyfit import ANNY_TO_VOX
     from core.body_model import rotvec_to_matrix
-    from core.template import farthest_point_sample
 
     body = body or load_body_model()
     phen = sample["meta"]["body"]["phenotype"]
     phenotype = np.clip(np.array([phen[k] for k in PHENOTYPE_KEYS], float), 1e-3, 1 - 1e-3)
     pose, rotation = pose_from_body(sample["vertices_vox"], body)
     target = np.asarray(sample["vertices_vox"], float)
-    index = np.sort(farthest_point_sample(np.asarray(body.template.rest_vertices, float), 1500))
+    index = _spread_vertices(body)
     t = lambda a: torch.tensor(np.asarray(a, np.float64), requires_grad=True)  # noqa: E731
     v = {"logit": t(np.log(phenotype / (1 - phenotype))), "pose": t(pose), "global": t(rotation),
          "log_scale": t(0.0), "shift": t(np.zeros(3))}
