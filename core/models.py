@@ -26,6 +26,7 @@ from core.errors import ModelError
 FORMAT = "monohuman-model"
 FORMAT_VERSION = 1
 BODY_MODEL_FORMAT = "monohuman-body-model"  # core.body_model's data files: JSON + safetensors, not networks
+DATA_FORMATS = (BODY_MODEL_FORMAT, "monohuman-fit-noise")  # data beside the models (train.fit_noise's too)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENV_MODELS_DIR = "MONOHUMAN_MODELS_DIR"
 RESAVE = "Re-export the model with core.checkpoint.save_model (or copy both files again from where it was trained)."
@@ -191,12 +192,13 @@ def check_weights_size(wt: Path) -> None:
 
 
 def _is_data_file(js: Path) -> bool:
-    """A JSON + safetensors pair that is data, not a network (the fit's body model, core.body_model)."""
+    """A file that is data, not a network (the fit's body model, core.body_model; the fit's noise model)."""
     try:
         doc = json.loads(js.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False  # unreadable: list_models reports it as a broken model
-    return isinstance(doc, dict) and doc.get("format") == BODY_MODEL_FORMAT
+    return isinstance(doc, dict) and (doc.get("format") in DATA_FORMATS or
+                                      (doc.get("noise") or {}).get("format") in DATA_FORMATS)
 
 
 def _entry(files: ModelFiles, shadowed: bool, deep: bool, verify: bool) -> ModelEntry:

@@ -169,7 +169,8 @@ class VolumeDataset(torch.utils.data.Dataset):
     """(input, occupancy) pairs for one split of one or more dataset folders (shards)."""
 
     def __init__(self, data_dirs, split: str | None, inputs, volume_shape=None, augment: Augment = NO_AUGMENT,
-                 detected_landmarks: float = 0.5, seed: int = 0, depth_anchor: str = "vertex-mean"):
+                 detected_landmarks: float = 0.5, seed: int = 0, depth_anchor: str = "vertex-mean",
+                 fit_noise: str = ""):
         dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
         rows = [row for d in dirs for row in read_manifest(d)]
         self.rows = [r for r in rows if split is None or r.get("split") == split]
@@ -187,6 +188,12 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.depth_anchor = depth_anchor
         self.epoch = 0
+        # body-guided networks: each sample's true body made as wrong as the fit (train.body_guides)
+        self.guides = None
+        if "body" in self.inputs:
+            from train.body_guides import GuideMaker
+
+            self.guides = GuideMaker(self.rows, fit_noise or None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -200,7 +207,19 @@ class VolumeDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         landmarks = np.array(training_landmarks(sample, rng, self.detected_landmarks), dtype=np.float32)
         volume = target_volume(sample["volume"], self.target_shape, self.depth_anchor)
-        rgb, mask, landmarks, volume = augment_sample(sample["rgb"], training_mask(sample), landmarks,
-                                                      volume, self.augment, rng)
-        x = encode(rgb, landmarks, mask, self.inputs)
+        mask = training_mask(sample)
+        guide = None
+        if self.guides is not None:  # the guide moves with the image: it rides in the mask's extra planes
+            guide = self.guides.draw(self.rows[index]["path"], rng, self.volume_shape, sample["rgb"].shape[:2])
+            mask = np.dstack([_unit(mask), guide.transpose(1, 2, 0)])
+        rgb, mask, landmarks, volume = augment_sample(sample["rgb"], mask, landmarks, volume, self.augment, rng)
+        if guide is not None:
+            mask, guide = mask[..., 0], mask[..., 1:].transpose(2, 0, 1)
+        x = encode(rgb, landmarks, mask, self.inputs, body=guide)
         return torch.from_numpy(x), torch.from_numpy(volume.astype(np.float32))
+
+
+def _unit(mask: np.ndarray) -> np.ndarray:
+    """A mask as float32 in [0, 1] (uint8 masks are 0..255)."""
+    m = np.asarray(mask)
+    return m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32)

@@ -49,6 +49,7 @@ class TrainConfig:
     refine: int = 0  # width of the full-resolution refinement stage (core/networks/vrn.py); 0 = none (paper)
     iou_weight: float = 0.0  # weight of the soft-IoU term added to the paper's BCE; 0 = BCE only (paper)
     depth_anchor: str = "vertex-mean"  # how targets are aligned in depth: vertex-mean (paper) | centroid
+    fit_noise: str = ""  # body-guided variants: the fit's noise model (train.fit_noise); empty = models/fit-noise.json
     val_samples: int = 64  # training-split bodies held back for the validation IoU
     detected_landmarks: float = 0.5  # fraction of samples fed mediapipe's landmarks instead of projected ones
     workers: int = 2  # data loader processes
@@ -131,9 +132,10 @@ class VRNTask(Task):
         net_cfg = net_config(cfg, probe)
         volume_shape = net_cfg.volume_shape
         train_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, Augment(), cfg.detected_landmarks,
-                                  cfg.seed, cfg.depth_anchor)
+                                  cfg.seed, cfg.depth_anchor, cfg.fit_noise)
         val_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, seed=cfg.seed,
-                                detected_landmarks=1.0, depth_anchor=cfg.depth_anchor)
+                                detected_landmarks=1.0, depth_anchor=cfg.depth_anchor, fit_noise=cfg.fit_noise)
+        self.guided = "body" in net_cfg.inputs
         train_idx, val_idx = split_train_val(train_set, cfg.val_samples, cfg.seed)
         model = build_vrn(net_cfg).to(device)
         if device.type == "cuda":
@@ -167,6 +169,15 @@ class VRNTask(Task):
                 count += len(x)
         model.train()
         return {"iou": total}, count
+
+    def export_meta(self, cfg: TrainConfig) -> dict:
+        """A body-guided model records the fit noise its training bodies were given (train.body_guides)."""
+        if not getattr(self, "guided", False):
+            return {}
+        from train.body_guides import read_noise
+
+        return {"guide": {"noise": read_noise(cfg.fit_noise or None).to_json(),
+                          "truth": "train.fit_noise.truth_params (80 steps), perturbed per draw"}}
 
     def timing(self, seconds: float, samples: int) -> dict:
         return {"samples_per_s": round(samples / seconds, 2)}

@@ -81,6 +81,10 @@ class Task:
     def timing(self, seconds: float, samples: int) -> dict:
         return {"seconds": round(seconds, 1)}
 
+    def export_meta(self, cfg) -> dict:
+        """More of the model's JSON than every network writes (e.g. the noise a guided model was trained with)."""
+        return {}
+
 
 def parse_flags(config_class, prog: str, description: str, argv=None, choices: dict | None = None):
     """A config dataclass from the command line: every field is a flag (`--batch-size` for batch_size)."""
@@ -391,7 +395,8 @@ def export(task: Task, cfg, model, run: Run, samples: int, world: int, device, c
             "training": {"command": command, "data": cfg.data, "epochs": last["epoch"], "steps": run.step,
                          "samples": samples, "world_size": world, "device": str(device),
                          "recipe": dataclasses.asdict(cfg)},
-            "metrics": {**{k: v for k, v in last.items() if k.startswith("val_")}, "history": run.history}}
+            "metrics": {**{k: v for k, v in last.items() if k.startswith("val_")}, "history": run.history},
+            **task.export_meta(cfg)}
     save_model(Path(cfg.out) / "model", model, meta, dtype=torch.float32)
     if cfg.export:
         save_model(Path(cfg.export), model, {**meta, "name": Path(cfg.export).name}, dtype=torch.float16)

@@ -77,7 +77,7 @@ class VRNConfig:
     """Everything that defines a VRN network. JSON round trip: `to_dict()` / `VRNConfig.from_dict(d)`."""
 
     variant: str
-    inputs: tuple = ("image", "landmarks")  # channel order is always image, landmarks, mask
+    inputs: tuple = ("image", "landmarks")  # channel order is always image, landmarks, mask, body
     input_size: tuple = (128, 128)  # (H_in, W_in)
     volume_shape: tuple = (128, 128, 128)  # (D, H, W)
     features: int = 256  # width f of the 2-D network (and of the stem for conv3d)
@@ -204,7 +204,8 @@ def matched_volume_features(features: int, depth: int) -> int:
     return max(4, int(round(features * math.sqrt(3.0 / cells) / 4.0)) * 4)
 
 
-VARIANT_NAMES = ("vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only", "mask-only", "conv3d")
+VARIANT_NAMES = ("vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only", "mask-only", "conv3d",
+                 "body-guided")
 VARIANTS: dict[str, VRNConfig] = {}
 
 
@@ -222,6 +223,9 @@ def _register_variants() -> None:
         "landmarks-only": {**ms, "inputs": ("landmarks",)},
         "mask-only": {**ms, "inputs": ("mask",)},
         "conv3d": {**ms, "block": "flat3d"},
+        # Ours (#13): the fitted Anny body as three more input planes (core.guide), so the network corrects a
+        # body instead of guessing limbs and depth from pixels (PaMIR / ICON's idea, after the paper's Guided).
+        "body-guided": {**ms, "inputs": ("image", "landmarks", "mask", "body")},
     }
     assert tuple(specs) == VARIANT_NAMES
     for name, spec in specs.items():
