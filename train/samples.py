@@ -16,7 +16,9 @@ from core.errors import DataError
 
 KEYS = ("rgb", "mask", "parts", "landmarks16", "landmarks16_detected", "volume_bits", "volume_shape",
         "vertices_vox", "joints_vox", "vertices_cam", "joints_cam", "meta")
-OPTIONAL_KEYS = ("mask_detected",)  # uint8 0..255 mediapipe person probability; absent when nobody was found
+# mask_detected: uint8 0..255 mediapipe person probability, absent when nobody was found;
+# volume_body_bits: the naked body's occupancy (same shape as the volume), only in samples that wear garments
+OPTIONAL_KEYS = ("mask_detected", "volume_body_bits")
 INPUT_KEYS = ("rgb", "mask", "landmarks16", "landmarks16_detected")  # what a network input is built from
 SAMPLE_DIGITS = 7
 
@@ -38,9 +40,10 @@ def unpack_volume(volume_bits, volume_shape) -> np.ndarray:
 
 
 def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, volume, vertices_vox,
-                 joints_vox, vertices_cam, joints_cam, meta: dict, mask_detected=None) -> Path:
+                 joints_vox, vertices_cam, joints_cam, meta: dict, mask_detected=None, volume_body=None) -> Path:
     """Write one sample atomically. `volume` is the bool (D, H, W) occupancy; `mask_detected` the
-    detector's person probability on the crop, in [0, 1] (None when nobody was found)."""
+    detector's person probability on the crop, in [0, 1] (None when nobody was found); `volume_body` the
+    naked body's occupancy when `volume` also holds garments (None otherwise)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bits, shape = pack_volume(volume)
@@ -58,6 +61,8 @@ def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, v
     )
     if mask_detected is not None:
         arrays["mask_detected"] = np.round(np.clip(mask_detected, 0, 1) * 255).astype(np.uint8)
+    if volume_body is not None:
+        arrays["volume_body_bits"] = pack_volume(volume_body)[0]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -96,6 +101,8 @@ def read_sample(path, volume: bool = True, keys=KEYS) -> dict:
     out["meta"] = json.loads(str(out["meta"]))
     if volume:
         out["volume"] = unpack_volume(out["volume_bits"], out["volume_shape"])
+        if "volume_body_bits" in out:
+            out["volume_body"] = unpack_volume(out["volume_body_bits"], out["volume_shape"])
     return out
 
 
