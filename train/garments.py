@@ -25,7 +25,9 @@ import numpy as np
 from train.bodies import PART, Body
 
 KINDS = ("skirt", "dress", "coat", "trousers", "hood", "hair", "shoes", "boots")
-GRID_M = 0.014               # voxel size of the garment grid (metres)
+GRID_M = 0.014               # voxel size of the garment grid (metres) for a 1.7 m person
+ADULT_M = 1.7                # sizes in a spec are for a person this tall; they scale with the body
+METRES = ("ease", "flare", "gap", "drop", "width", "sole", "height")  # spec keys that are lengths
 TEXTURES = ("plain", "noise", "stripes", "checker", "denim")
 
 _LEGS = [PART[k] for k in ("upper_leg_l", "upper_leg_r", "lower_leg_l", "lower_leg_r")]
@@ -76,11 +78,11 @@ def sample_garment(rng, kind: str) -> dict:
     elif kind == "hair":
         from train.scene import HAIR_COLOURS
         col = list(HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))])
-        spec.update(ease=float(u(0.03, 0.05)), length=float(u(0.0, 0.3)), width=float(u(0.03, 0.1)),
+        spec.update(ease=float(u(0.03, 0.05)), drop=float(u(0.0, 0.3)), width=float(u(0.03, 0.1)),
                     material=dict(colour=col, colour2=[0.7 * x for x in col], texture="noise",
                                   scale=float(u(40, 90)), roughness=float(u(0.35, 0.55))))
     elif kind in ("shoes", "boots"):
-        spec.update(ease=float(u(0.03, 0.04)), sole=float(u(0.015, 0.04)),
+        spec.update(ease=float(u(0.024, 0.032)), sole=float(u(0.015, 0.04)),
                     material=_cloth(rng, 0.02, 0.5, ("plain", "noise")))
         if kind == "boots":
             spec.update(height=float(u(0.1, 0.3)))
@@ -125,21 +127,27 @@ class BodyField:
         p, a = np.asarray(point, float), np.asarray(axis, float)
         return (self.x - p[0]) * a[0] + (self.y - p[1]) * a[1] + (self.z - p[2]) * a[2]
 
+    def of(self, parts) -> np.ndarray:
+        """Voxels whose nearest skin belongs to one of `parts`."""
+        lut = np.zeros(256, bool)
+        lut[list(parts)] = True
+        return lut[self.part]
+
     def shell(self, parts, t: float) -> np.ndarray:
         """The parts' interior and everything within t of their skin."""
-        return (self.occ | (self.dist < t)) & np.isin(self.part, parts)
+        return (self.occ | (self.dist < t)) & self.of(parts)
 
     def near(self, parts, t: float) -> np.ndarray:
-        return (self.dist < t) & np.isin(self.part, parts)
+        return (self.dist < t) & self.of(parts)
 
 
-def body_field(body: Body, h: float = GRID_M, margin=(0.4, 0.06, 0.12)) -> BodyField:
+def body_field(body: Body, h: float = GRID_M, scale: float = 1.0, margin=(0.3, 0.06, 0.12)) -> BodyField:
     """Voxelise the posed body (ray parity, train.voxelise) and its distance field in a grid of h metres."""
     from scipy.ndimage import distance_transform_edt
     from train.voxelise import voxelise
 
     v = np.asarray(body.vertices, float)
-    side, below, above = margin
+    side, below, above = (scale * x for x in margin)
     lo = v.min(0) - [side, side, below]
     hi = v.max(0) + [side, side, above]
     n = np.ceil((hi - lo) / h).astype(int)                       # (nx, ny, nz)
@@ -155,7 +163,7 @@ def body_field(body: Body, h: float = GRID_M, margin=(0.4, 0.06, 0.12)) -> BodyF
     axes = [lo[k] + (np.arange(n[k]) + 0.5) * h for k in range(3)]
     return BodyField(origin=lo, h=h, occ=occ, dist=dist.astype(np.float32), part=part,
                      x=axes[0][None, None, :], y=axes[1][None, :, None], z=axes[2][:, None, None],
-                     marks=landmarks(body), vertices=v, parts=np.asarray(body.parts))
+                     marks=landmarks(body, scale), vertices=v, parts=np.asarray(body.parts))
 
 
 def _unit(a):
@@ -167,8 +175,8 @@ def _horizontal(a):
     return _unit([a[0], a[1], 0.0])
 
 
-def landmarks(body: Body) -> dict:
-    """Heights, centres and torso/head axes from the posed COCO keypoints and vertices."""
+def landmarks(body: Body, s: float = 1.0) -> dict:
+    """Heights, centres and torso/head axes from the posed COCO keypoints and vertices; s: size scale."""
     c = body.coco17
     hip, sh = (c[11] + c[12]) / 2, (c[5] + c[6]) / 2
     right = _horizontal(c[11] - c[12] + c[5] - c[6])              # towards the body's left
@@ -178,7 +186,7 @@ def landmarks(body: Body) -> dict:
     ear = (c[3] + c[4]) / 2
     face = _horizontal(c[0] - ear)
     v, parts = body.vertices, body.parts
-    near_hip = np.isin(parts, _TORSO + _LEGS) & (np.abs(v[:, 2] - hip[2]) < 0.04)
+    near_hip = np.isin(parts, _TORSO + _LEGS) & (np.abs(v[:, 2] - hip[2]) < 0.04 * s)
     d = v[near_hip] - hip
     hx = float(np.abs(d @ right).max()) if near_hip.any() else 0.18
     hy = float(np.abs(d @ front).max()) if near_hip.any() else 0.12
@@ -186,7 +194,7 @@ def landmarks(body: Body) -> dict:
     return dict(hip=hip, sh=sh, right=right, front=front, ear=ear, face=face,
                 head_right=_horizontal(c[3] - c[4]), hip_rx=hx, hip_ry=hy,
                 waist_z=float(hip[2] + 0.3 * (sh[2] - hip[2])), knee_z=float((c[13][2] + c[14][2]) / 2),
-                ankle_z=float(min(c[15][2], c[16][2])), brow_z=float((c[1][2] + c[2][2]) / 2 + 0.03),
+                ankle_z=float(min(c[15][2], c[16][2])), brow_z=float((c[1][2] + c[2][2]) / 2 + 0.03 * s), s=s,
                 head_rx=float(np.abs((head - ear) @ _horizontal(c[3] - c[4])).max()) if len(head) else 0.08,
                 legs=[(c[11], c[13], c[15]), (c[12], c[14], c[16])], shoulders=(c[5], c[6]),
                 floor=float(v[:, 2].min()))
@@ -208,12 +216,12 @@ def _hem(f: BodyField, length: float) -> float:
     """Hem height: `length` 0 = mid-thigh, 1 = just above the ankles."""
     m = f.marks
     top = (m["hip"][2] + m["knee_z"]) / 2
-    return float(top + length * (m["ankle_z"] + 0.04 - top))
+    return float(top + length * (m["ankle_z"] + 0.04 * m["s"] - top))
 
 
 def _away_from_hands(f: BodyField, solid: np.ndarray, parts=_HANDS) -> np.ndarray:
     """Hanging shapes must not swallow the hands (or arms) that hang beside them."""
-    return solid & ~f.near(parts, 0.04)
+    return solid & ~f.near(parts, 0.04 * f.marks["s"])
 
 
 def skirt(f: BodyField, g: dict) -> np.ndarray:
@@ -226,23 +234,23 @@ def skirt(f: BodyField, g: dict) -> np.ndarray:
 
 def dress(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
-    bodice = f.shell(_TORSO, g["ease"]) & (f.z >= m["waist_z"] - g["ease"]) & (f.z <= m["sh"][2] + 0.02)
+    bodice = f.shell(_TORSO, g["ease"]) & (f.z >= m["waist_z"] - g["ease"]) & (f.z <= m["sh"][2] + 0.02 * m["s"])
     if g["sleeve"] > 0.02:
         reach = np.minimum(*(np.sqrt((f.x - s[0]) ** 2 + (f.y - s[1]) ** 2 + (f.z - s[2]) ** 2)
                              for s in m["shoulders"]))
-        bodice |= f.shell(_ARMS, g["ease"]) & (reach < g["sleeve"] + 0.05)
+        bodice |= f.shell(_ARMS, g["ease"]) & (reach < g["sleeve"] + 0.05 * m["s"])
     return bodice | skirt(f, g)
 
 
 def coat(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
     hem = _hem(f, g["length"])
-    body = f.shell(_TORSO + _ARMS, g["ease"]) & (f.z <= m["sh"][2] + 0.05)
+    body = f.shell(_ARMS, g["ease"]) | (f.shell(_TORSO, g["ease"]) & (f.z <= m["sh"][2] + 0.05 * m["s"]))
     body |= f.shell(_TORSO + _LEGS, g["ease"]) & (f.z >= hem) & (f.z <= m["waist_z"])
     tail = _away_from_hands(f, _hanging(f, m["waist_z"], hem, g["flare"], g["ease"]))
     if g["open"]:  # the front opens below the waist: the legs show between the panels
         strip = (f.along(m["hip"], m["front"]) > 0) & (np.abs(f.along(m["hip"], m["right"])) < g["gap"])
-        tail &= ~(strip & (f.z < m["waist_z"] - 0.05))
+        tail &= ~(strip & (f.z < m["waist_z"] - 0.05 * m["s"]))
     return body | tail
 
 
@@ -268,15 +276,16 @@ def _limb_radius(f: BodyField, a, b, parts) -> float:
 
 def trousers(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
-    solid = f.shell(_TORSO + _LEGS, g["ease"]) & (f.z <= m["waist_z"])
+    legs = np.zeros_like(f.occ)
     for (hip, knee, ankle), thigh, shin in zip(m["legs"], (PART["upper_leg_l"], PART["upper_leg_r"]),
                                                 (PART["lower_leg_l"], PART["lower_leg_r"])):
         d, _ = _segment_distance(f, hip, knee)
-        solid |= d < _limb_radius(f, hip, knee, [thigh]) + g["ease"]
+        legs |= d < _limb_radius(f, hip, knee, [thigh]) + g["ease"]
         d, t = _segment_distance(f, knee, ankle)
         r = _limb_radius(f, knee, ankle, [shin]) + g["ease"] + g["flare"] * np.clip(t, 0, 1)
-        solid |= (d < r) & (t <= 1.0)
-    return _away_from_hands(f, solid & (f.z <= m["waist_z"]), _HANDS + _ARMS)
+        legs |= (d < r) & (t <= 1.0)
+    solid = _away_from_hands(f, legs, _HANDS + _ARMS) | f.shell(_TORSO + _LEGS, g["ease"])
+    return solid & (f.z <= m["waist_z"])
 
 
 def _face(f: BodyField) -> np.ndarray:
@@ -287,21 +296,21 @@ def _face(f: BodyField) -> np.ndarray:
 
 def hood(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
-    neck_lo, chin = m["sh"][2] - 0.03, m["brow_z"] - 0.11
+    neck_lo, chin = m["sh"][2] - 0.03 * m["s"], m["brow_z"] - 0.11 * m["s"]
     collar = f.shell(_TORSO + _HEAD, g["ease"]) & (f.z >= neck_lo) & (f.z <= chin)
     if g["up"]:
-        collar |= f.shell(_HEAD, g["ease"] + 0.01)
+        collar |= f.shell(_HEAD, g["ease"] + 0.01 * m["s"])
     return collar & ~_face(f)
 
 
 def hair(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
-    behind = f.along(m["ear"], m["face"]) < 0.01
+    behind = f.along(m["ear"], m["face"]) < 0.01 * m["s"]
     cap = f.shell(_HEAD, g["ease"]) & ((f.z >= m["brow_z"]) | behind)
     side = np.abs(f.along(m["ear"], m["head_right"])) < m["head_rx"] + g["width"]
-    end = m["sh"][2] - g["length"]
-    curtain = behind & side & (f.z >= end) & (f.z <= m["ear"][2]) & f.shell(_HEAD + _TORSO, g["ease"] + 0.03)
-    return _away_from_hands(f, (cap | curtain) & ~_face(f), _HANDS + _ARMS)
+    end = m["sh"][2] - g["drop"]
+    curtain = behind & side & (f.z >= end) & (f.z <= m["ear"][2]) & f.shell(_HEAD + _TORSO, g["ease"] + 0.03 * m["s"])
+    return (cap | _away_from_hands(f, curtain, _HANDS + _ARMS)) & ~_face(f)
 
 
 def _soled(f: BodyField, upper: np.ndarray, sole: float) -> np.ndarray:
@@ -313,7 +322,7 @@ def _soled(f: BodyField, upper: np.ndarray, sole: float) -> np.ndarray:
 
 
 def shoes(f: BodyField, g: dict) -> np.ndarray:
-    return _soled(f, f.shell(_FEET, g["ease"]) & (f.z <= f.marks["ankle_z"] + 0.02), g["sole"])
+    return _soled(f, f.shell(_FEET, g["ease"]) & (f.z <= f.marks["ankle_z"] + 0.02 * f.marks["s"]), g["sole"])
 
 
 def boots(f: BodyField, g: dict) -> np.ndarray:
@@ -344,14 +353,22 @@ def solid_to_mesh(f: BodyField, solid: np.ndarray, smooth: float = 0.6):
     return xyz, faces.astype(np.int64)
 
 
+def size_scale(body: Body) -> float:
+    """Garment sizes (and the grid) scale with the body: an infant's shoes are not an adult's."""
+    height = float(np.ptp(body.vertices[:, 2]))
+    return float(np.clip(height / ADULT_M, 0.45, 1.2))
+
+
 def make_garments(body: Body, specs: list[dict], h: float = GRID_M) -> list[Garment]:
     """The meshes of `specs` around the posed `body` (empty when specs is empty)."""
     if not specs:
         return []
-    f = body_field(body, h)
+    s = size_scale(body)
+    f = body_field(body, h * s, s)
     out = []
     for spec in specs:
-        solid = SHAPES[spec["kind"]](f, spec)
+        scaled = {k: (v * s if k in METRES else v) for k, v in spec.items()}
+        solid = SHAPES[spec["kind"]](f, scaled)
         if not solid.any():
             continue
         v, faces = solid_to_mesh(f, solid)
