@@ -396,9 +396,9 @@ def _voxelise(photo, box, body, cam, ctx: Context, worn) -> dict:
     verts_vox, ppm = to_vox(pc)
     volume = voxelise(verts_vox, body.faces, ctx.shape)
     body_volume = None
-    if worn:
+    if worn:  # the body's own thin columns first, so the target holds every voxel of the body's volume
+        _fill_silhouette(volume, box, photo, body, (), mean_depth, ppm)
         body_volume = volume.copy()
-        _fill_silhouette(body_volume, box, photo, body, (), mean_depth, ppm)
         for g, (_, gpc) in zip(worn, photo["garments"]):
             volume |= voxelise(to_vox(gpc)[0], g.faces, ctx.shape)
     R, pos = np.asarray(cam["R_world_to_cam"]), np.asarray(cam["cam_pos"])
