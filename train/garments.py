@@ -185,31 +185,31 @@ def landmarks(body: Body, s: float = 1.0) -> dict:
         front = -front
     ear = (c[3] + c[4]) / 2
     face = _horizontal(c[0] - ear)
-    v, parts = body.vertices, body.parts
-    near_hip = np.isin(parts, _TORSO + _LEGS) & (np.abs(v[:, 2] - hip[2]) < 0.04 * s)
-    d = v[near_hip] - hip
-    hx = float(np.abs(d @ right).max()) if near_hip.any() else 0.18
-    hy = float(np.abs(d @ front).max()) if near_hip.any() else 0.12
-    head = v[np.isin(parts, _HEAD)]
+    head = body.vertices[np.isin(body.parts, _HEAD)]
     return dict(hip=hip, sh=sh, right=right, front=front, ear=ear, face=face,
-                head_right=_horizontal(c[3] - c[4]), hip_rx=hx, hip_ry=hy,
+                head_right=_horizontal(c[3] - c[4]),
                 waist_z=float(hip[2] + 0.3 * (sh[2] - hip[2])), knee_z=float((c[13][2] + c[14][2]) / 2),
                 ankle_z=float(min(c[15][2], c[16][2])), brow_z=float((c[1][2] + c[2][2]) / 2 + 0.03 * s), s=s,
                 head_rx=float(np.abs((head - ear) @ _horizontal(c[3] - c[4])).max()) if len(head) else 0.08,
-                legs=[(c[11], c[13], c[15]), (c[12], c[14], c[16])], shoulders=(c[5], c[6]),
-                floor=float(v[:, 2].min()))
+                legs=[(c[11], c[13], c[15]), (c[12], c[14], c[16])], shoulders=(c[5], c[6]))
 
 
 # ------------------------------------------------------------------------------------------ shapes
 
-def _hanging(f: BodyField, z_top: float, z_hem: float, flare: float, ease: float) -> np.ndarray:
-    """An elliptical cone hanging (gravity: world -z) from z_top to z_hem around the hips, widening by
-    `flare` at the hem: what a skirt or a coat's tail does instead of following the legs."""
-    m = f.marks
-    s = np.clip((z_top - f.z) / max(z_top - z_hem, 1e-6), 0.0, 1.0)
-    a = f.along(m["hip"], m["right"]) / (m["hip_rx"] + ease + flare * s)
-    b = f.along(m["hip"], m["front"]) / (m["hip_ry"] + ease + 0.6 * flare * s)
-    return (a * a + b * b <= 1.0) & (f.z <= z_top) & (f.z >= z_hem)
+def _drape(f: BodyField, support: np.ndarray, z_top: float, z_hem: float, flare: float) -> np.ndarray:
+    """Cloth hanging (gravity: world -z) from `support` down to z_hem, widening by `flare` at the hem: what
+    a skirt or a coat's tail does instead of following the legs (standing: from the hips, over the gap
+    between the legs; sitting: from the thighs and knees)."""
+    from scipy.ndimage import distance_transform_edt
+
+    band = (f.z >= z_hem) & (f.z <= z_top)
+    hang = np.flip(np.maximum.accumulate(np.flip(support & band, 0), axis=0), 0) & band
+    zs = f.z[:, 0, 0]
+    for k in np.nonzero(band.reshape(-1) & hang.any(axis=(1, 2)))[0]:
+        r = flare * (z_top - zs[k]) / max(z_top - z_hem, 1e-6)
+        if r >= f.h / 2:
+            hang[k] = distance_transform_edt(~hang[k], sampling=f.h) <= r
+    return hang
 
 
 def _hem(f: BodyField, length: float) -> float:
@@ -228,8 +228,8 @@ def skirt(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
     hem = _hem(f, g["length"])
     band = (f.z >= hem) & (f.z <= m["waist_z"])
-    cone = _hanging(f, m["waist_z"], hem, g["flare"], g["ease"])
-    return band & (_away_from_hands(f, cone, _HANDS + _ARMS) | f.shell(_TORSO + _LEGS, g["ease"]))
+    hips = f.shell(_TORSO + _LEGS, g["ease"]) & band
+    return hips | _away_from_hands(f, _drape(f, hips, m["waist_z"], hem, g["flare"]), _HANDS + _ARMS)
 
 
 def dress(f: BodyField, g: dict) -> np.ndarray:
@@ -246,8 +246,9 @@ def coat(f: BodyField, g: dict) -> np.ndarray:
     m = f.marks
     hem = _hem(f, g["length"])
     body = f.shell(_ARMS, g["ease"]) | (f.shell(_TORSO, g["ease"]) & (f.z <= m["sh"][2] + 0.05 * m["s"]))
-    body |= f.shell(_TORSO + _LEGS, g["ease"]) & (f.z >= hem) & (f.z <= m["waist_z"])
-    tail = _away_from_hands(f, _hanging(f, m["waist_z"], hem, g["flare"], g["ease"]))
+    hips = f.shell(_TORSO + _LEGS, g["ease"]) & (f.z >= hem) & (f.z <= m["waist_z"])
+    body |= hips
+    tail = _away_from_hands(f, _drape(f, hips, m["waist_z"], hem, g["flare"]))
     if g["open"]:  # the front opens below the waist: the legs show between the panels
         strip = (f.along(m["hip"], m["front"]) > 0) & (np.abs(f.along(m["hip"], m["right"])) < g["gap"])
         tail &= ~(strip & (f.z < m["waist_z"] - 0.05 * m["s"]))

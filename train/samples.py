@@ -77,10 +77,11 @@ def write_sample(path, *, rgb, mask, parts, landmarks16, landmarks16_detected, v
     return path
 
 
-def read_sample(path, volume: bool = True, keys=KEYS) -> dict:
-    """Load a sample: arrays, meta as a dict, and (volume=True) 'volume' unpacked to bool (D, H, W).
+def read_sample(path, volume: bool = True, keys=(*KEYS, *OPTIONAL_KEYS)) -> dict:
+    """Load a sample: arrays, meta as a dict, and (volume=True) 'volume' unpacked to bool (D, H, W), plus
+    'volume_body' (the naked body's) when the sample wears garments and `keys` asks for volume_body_bits.
 
-    `keys` limits what is decompressed (plus the optional keys present and what `volume` needs): the
+    `keys` limits what is decompressed (plus mask_detected when present and what `volume` needs): the
     training loader skips the vertex arrays, which take two thirds of a full read (6.6 ms -> 2.1 ms a
     128^3 sample on the 2-core CPU).
     """
@@ -92,7 +93,7 @@ def read_sample(path, volume: bool = True, keys=KEYS) -> dict:
             if missing:
                 raise DataError(f"Sample {path} lacks {', '.join(missing)}.",
                                 "Delete it and run make_dataset again to regenerate it.")
-            out = {k: z[k] for k in (*KEYS, *OPTIONAL_KEYS) if (k in wanted or k in OPTIONAL_KEYS) and k in z.files}
+            out = {k: z[k] for k in (*KEYS, *OPTIONAL_KEYS) if (k in wanted or k == "mask_detected") and k in z.files}
     except DataError:
         raise
     except Exception as e:  # truncated zip, bad header, ...

@@ -386,7 +386,28 @@ def _add_garments(bpy, scene, garments):
     """Each garment (train.garments.Garment) its own object and cloth material."""
     for i, g in enumerate(garments):
         obj = _add_mesh(bpy, scene, f"{g.kind}{i}", g.vertices, g.faces)
-        obj.data.materials.append(_cloth_material(bpy, f"{g.kind}{i}", g.spec["material"]))
+        obj.data.materials.append(_garment_material(bpy, f"{g.kind}{i}", g.spec["material"]))
+
+
+def _garment_material(bpy, name, spec):
+    """Cloth, not painted skin: the print of _cloth_material, a fine weave bump (millimetre noise in object
+    space) and a soft sheen."""
+    mat = _cloth_material(bpy, name, spec)
+    nt = mat.node_tree
+    bsdf = nt.nodes.get("Principled BSDF")
+    coord = nt.nodes.new("ShaderNodeTexCoord")
+    weave = nt.nodes.new("ShaderNodeTexNoise")
+    weave.inputs["Scale"].default_value = 300.0
+    bump = nt.nodes.new("ShaderNodeBump")
+    bump.inputs["Strength"].default_value = 0.25
+    nt.links.new(coord.outputs["Object"], weave.inputs["Vector"])
+    nt.links.new(weave.outputs["Fac"], bump.inputs["Height"])
+    nt.links.new(bump.outputs["Normal"], bsdf.inputs["Normal"])
+    for key in ("Sheen Weight", "Sheen"):  # Blender 4+ / 3.x
+        if key in bsdf.inputs:
+            bsdf.inputs[key].default_value = 0.3
+            break
+    return mat
 
 
 def _add_camera(bpy, scene, cam_p: dict):
