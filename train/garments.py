@@ -25,7 +25,7 @@ import numpy as np
 from train.bodies import PART, Body
 
 KINDS = ("skirt", "dress", "coat", "trousers", "hood", "hair", "shoes", "boots")
-GRID_M = 0.014               # voxel size of the garment grid (metres) for a 1.7 m person
+GRID_M = 0.016               # voxel size of the garment grid (metres) for a 1.7 m person
 ADULT_M = 1.7                # sizes in a spec are for a person this tall; they scale with the body
 METRES = ("ease", "flare", "gap", "drop", "width", "sole", "height")  # spec keys that are lengths
 TEXTURES = ("plain", "noise", "stripes", "checker", "denim")
