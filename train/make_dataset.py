@@ -4,6 +4,7 @@ voxelised in the image-aligned frame (docs/ARCHITECTURE.md, "A training sample o
     python -m train.make_dataset --out DIR --count N [--source anny | --scans DIR] [--seed S]
         [--shard I/N] [--workers W] [--size 128|256] [--volume DxHxW] [--engine cycles|workbench]
         [--samples SPP] [--denoise] [--preview] [--split-every K] [--backgrounds DIR]
+        [--clothing SHARE] [--clothing-kinds skirt,dress,coat,trousers,hood,hair,shoes,boots|all|none]
     python -m train.make_dataset merge OUT DIR1 DIR2 ...
 
     blender -b -P train/make_dataset.py -- ARGS       (a Blender install instead of the bpy module;
@@ -12,14 +13,16 @@ voxelised in the image-aligned frame (docs/ARCHITECTURE.md, "A training sample o
 
 Per sample i (everything from rng = np.random.default_rng([seed, i]), so a sample depends only on
 (seed, i), never on the shard or worker that makes it):
-body (train.bodies / a scan) -> scene (train.scene) -> render the "photo" (train.render) -> crop box from
+body (train.bodies / a scan) -> scene (train.scene) -> garments and hair (train.garments, from their own
+stream [seed, i, 1]; a share --clothing of the Anny samples) -> render the "photo" (train.render) -> crop box from
 the rasterised mask (core.crop.crop_box_from_mask with scale jitter U(0.9, 1.1) and shift jitter
 U(-0.04, 0.04): the paper's scale augmentation, free at generation time) -> crop rgb (core.crop.crop_image,
 linear), rasterise mask and parts directly in the crop (exact) -> landmarks16 (anny's COCO keypoints
 projected, core.landmarks.mpii16_from_coco17) and landmarks16_detected (core.detect on the crop; NaN when
 nobody is found) -> train.voxelise.project_to_volume + voxelise (+ one surface voxel in the few columns
 whose silhouette chord is thinner than a voxel, so the front view is the rendered silhouette; counted in
-meta "silhouette_voxels_added") -> samples/NNNNNNN.npz (atomic).
+meta "silhouette_voxels_added"); with garments, the body and each garment are voxelised apart and OR-ed, and
+the body's own volume is kept too -> samples/NNNNNNN.npz (atomic).
 
 Shards: --shard I/N makes the indices i < count with i % N == I.  --workers W splits that into W
 sub-shards (i % (N*W) == I + k*N) run as W separate processes of this same command.  Existing samples are
