@@ -103,6 +103,17 @@ def test_clothing_off_leaves_the_rest_of_the_sample_alone(dataset, tmp_path):
     assert {k: v for k, v in a1["meta"].items() if k != "clothing"} == b1["meta"]
 
 
+def test_a_folder_made_before_clothing_is_not_mixed_with_dressed_samples(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    old = {"seed": 5, "size": 64, "volume": [64, 64, 64], "engine": "cycles", "samples": 4, "denoise": False,
+           "split_every": 2, "source": "anny", "scans": None, "backgrounds": None, "no_detect": False}
+    (out / "settings.json").write_text(json.dumps(old))
+    r = make(out, check=False)
+    assert r.returncode != 0 and "--clothing 0.8 (made with 0.0)" in r.stderr, r.stderr[-800:]
+    assert "--clothing-kinds skirt,dress" in r.stderr and "(made with none)" in r.stderr
+
+
 @pytest.mark.parametrize("flag, value, words", [("--clothing-kinds", "skirt,cape", ["cape", "skirt, dress"]),
                                                 ("--clothing", "1.5", ["--clothing"])])
 def test_bad_clothing_flags_are_named(tmp_path, flag, value, words):

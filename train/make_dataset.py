@@ -54,6 +54,7 @@ FORMAT_VERSION = 1
 # What a sample depends on: a folder is made with one set of these (settings.json); a rerun must match.
 SETTINGS = ("seed", "size", "volume", "engine", "samples", "denoise", "split_every", "source", "scans",
             "backgrounds", "no_detect", "clothing", "clothing_kinds")
+UNCLOTHED = {"clothing": 0.0, "clothing_kinds": []}  # the settings of a folder made before --clothing existed
 STAGES = ("body", "scene", "garments", "render", "crop", "detect", "voxelise", "write")
 
 
@@ -161,6 +162,8 @@ def remember_settings(out: Path, args) -> None:
         card = out / "card.json"
         saved = json.loads(card.read_text()).get("parameters", {}) if card.exists() else {}
         saved, source = {k: v for k, v in saved.items() if k in SETTINGS}, "card.json"
+    if saved:  # a folder made before clothing existed holds tight bodies only
+        saved = {**UNCLOTHED, **saved}
     diff = [f"--{k.replace('_', '-')} {_shown(mine.get(k))} (made with {_shown(saved[k])})"
             for k in SETTINGS if k in saved and saved[k] != mine.get(k)]
     if diff:
@@ -171,6 +174,8 @@ def remember_settings(out: Path, args) -> None:
 
 
 def _shown(value) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value) or "none"  # garment kinds
     return "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
