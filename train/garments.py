@@ -2,8 +2,9 @@
 
 Why: a body model's offset skin teaches a volume network nothing the body model lacks; skirts, coats, hoods
 and long hair do.  Each garment is made as a *solid* in a metric voxel grid around the posed body (a union
-of simple shapes: a shell at distance ``t`` around chosen body parts, elliptical cones hanging from the
-waist, truncated cones along the legs, a curtain of hair behind the head), and its surface is taken by
+of simple shapes: a shell at distance ``t`` around chosen body parts, cloth hanging under gravity from what
+supports it and widening to the hem, truncated cones along the legs, a curtain of hair behind the head),
+and its surface is taken by
 marching cubes, so every garment is a watertight mesh.  The shells are made of the parts' *interior* plus
 the band around the skin, so a garment encloses what it covers (it never cuts through the body) and,
 being built from the posed body, moves with the pose.
@@ -12,8 +13,9 @@ being built from the posed body, moves with the pose.
 ``make_garments(body, specs)`` turns them into meshes (``Garment``).  Both depend only on their inputs, so a
 sample's garments are reproducible from its meta.
 
-Grid: voxel (k, j, i) of ``BodyField`` is the point ``origin + (i, j, k) + .5) * h`` in the body frame
-(metres, z up); arrays are (z, y, x).
+Grid: voxel (k, j, i) of ``BodyField`` is the point ``origin + ((i, j, k) + .5) * h`` in the body frame
+(metres, z up); arrays are (z, y, x).  Heads are placed with world-z thresholds (brow, ears), so a strongly
+tilted head gets an approximate face opening.
 """
 
 from __future__ import annotations
