@@ -4,8 +4,7 @@ Why: a body model's offset skin teaches a volume network nothing the body model 
 and long hair do.  Each garment is made as a *solid* in a metric voxel grid around the posed body (a union
 of simple shapes: a shell at distance ``t`` around chosen body parts, cloth hanging under gravity from what
 supports it and widening to the hem, truncated cones along the legs, a curtain of hair behind the head),
-and its surface is taken by
-marching cubes, so every garment is a watertight mesh.  The shells are made of the parts' *interior* plus
+and its surface is taken by marching cubes, so every garment is a watertight mesh.  The shells are made of the parts' *interior* plus
 the band around the skin, so a garment encloses what it covers (it never cuts through the body) and,
 being built from the posed body, moves with the pose.
 
