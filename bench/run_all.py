@@ -21,6 +21,7 @@ BENCHES = [
     ("Reconstruction pipeline and VRN variants", ["bench/bench_pipeline.py"]),
     ("The fitted body, photo by photo", ["bench/bench_fit.py"]),
     ("Marching cubes and surface post-processing", ["bench/bench_surface.py"]),
+    ("Dataset generation with and without clothing", ["bench/bench_dataset.py"]),
     ("Voxelisation against trimesh.contains", ["bench/bench_voxelise.py", "--sample", "4000", "--repeat", "3"]),
     ("The Blender add-on in a headless script (warm backend)", ["bench/bench_addon.py"]),
 ]

@@ -74,6 +74,54 @@ def test_volume_front_matches_mask(dataset):
         assert iou >= 0.97, (s["meta"]["index"], iou)
 
 
+def test_clothed_sample_target_is_body_or_garments(dataset):
+    """Seed 5: sample 0 wears a dress, long hair and shoes, sample 1 is tight (--clothing 0.8 default)."""
+    card = json.loads((dataset / "card.json").read_text())
+    assert card["clothing_kinds"] == {"dress": 1, "hair": 1, "shoes": 1} and card["clothed"] == 1
+    dressed, tight = samples(dataset)
+    assert [g["kind"] for g in dressed["meta"]["clothing"]] == ["dress", "hair", "shoes"]
+    body, target = dressed["volume_body"], dressed["volume"]
+    assert body.shape == target.shape and body.any()
+    assert not np.any(body & ~target)                  # no body voxel outside the union
+    assert target.sum() > 1.15 * body.sum()            # a dress and long hair hold volume the body has not
+    assert tight["meta"]["clothing"] == [] and "volume_body" not in tight
+
+
+def test_clothing_off_leaves_the_rest_of_the_sample_alone(dataset, tmp_path):
+    """Clothing draws from its own random stream: without it, the tight sample is the same sample, and the
+    dressed one has the same body, scene and camera (only the crop follows the now smaller silhouette)."""
+    out = tmp_path / "naked"
+    make(out, "--clothing", "0")
+    card = json.loads((out / "card.json").read_text())
+    assert card["clothing_kinds"] == {} and card["clothed"] == 0
+    (a0, a1), (b0, b1) = samples(dataset), samples(out)
+    assert "clothing" not in b0["meta"] and "volume_body" not in b0
+    assert a0["meta"]["scene"] == b0["meta"]["scene"] and a0["meta"]["body"] == b0["meta"]["body"]
+    np.testing.assert_array_equal(a0["vertices_cam"], b0["vertices_cam"])
+    for key in ("rgb", "mask", "parts", "volume", "landmarks16", "vertices_vox"):
+        np.testing.assert_array_equal(a1[key], b1[key])
+    assert {k: v for k, v in a1["meta"].items() if k != "clothing"} == b1["meta"]
+
+
+def test_a_folder_made_before_clothing_is_not_mixed_with_dressed_samples(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    old = {"seed": 5, "size": 64, "volume": [64, 64, 64], "engine": "cycles", "samples": 4, "denoise": False,
+           "split_every": 2, "source": "anny", "scans": None, "backgrounds": None, "no_detect": False}
+    (out / "settings.json").write_text(json.dumps(old))
+    r = make(out, check=False)
+    assert r.returncode != 0 and "--clothing 0.8 (made with 0.0)" in r.stderr, r.stderr[-800:]
+    assert "--clothing-kinds skirt,dress" in r.stderr and "(made with none)" in r.stderr
+
+
+@pytest.mark.parametrize("flag, value, words", [("--clothing-kinds", "skirt,cape", ["cape", "skirt, dress"]),
+                                                ("--clothing", "1.5", ["--clothing"])])
+def test_bad_clothing_flags_are_named(tmp_path, flag, value, words):
+    r = make(tmp_path / "bad", flag, value, check=False)
+    assert r.returncode != 0 and all(w in r.stderr for w in words), r.stderr[-800:]
+    assert not (tmp_path / "bad" / "samples").exists()
+
+
 def test_resume_gives_the_same_dataset(dataset, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(dataset, b)

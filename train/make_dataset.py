@@ -4,6 +4,7 @@ voxelised in the image-aligned frame (docs/ARCHITECTURE.md, "A training sample o
     python -m train.make_dataset --out DIR --count N [--source anny | --scans DIR] [--seed S]
         [--shard I/N] [--workers W] [--size 128|256] [--volume DxHxW] [--engine cycles|workbench]
         [--samples SPP] [--denoise] [--preview] [--split-every K] [--backgrounds DIR]
+        [--clothing SHARE] [--clothing-kinds skirt,dress,coat,trousers,hood,hair,shoes,boots|all|none]
     python -m train.make_dataset merge OUT DIR1 DIR2 ...
 
     blender -b -P train/make_dataset.py -- ARGS       (a Blender install instead of the bpy module;
@@ -12,14 +13,16 @@ voxelised in the image-aligned frame (docs/ARCHITECTURE.md, "A training sample o
 
 Per sample i (everything from rng = np.random.default_rng([seed, i]), so a sample depends only on
 (seed, i), never on the shard or worker that makes it):
-body (train.bodies / a scan) -> scene (train.scene) -> render the "photo" (train.render) -> crop box from
+body (train.bodies / a scan) -> scene (train.scene) -> garments and hair (train.garments, from their own
+stream [seed, i, 1]; a share --clothing of the Anny samples) -> render the "photo" (train.render) -> crop box from
 the rasterised mask (core.crop.crop_box_from_mask with scale jitter U(0.9, 1.1) and shift jitter
 U(-0.04, 0.04): the paper's scale augmentation, free at generation time) -> crop rgb (core.crop.crop_image,
 linear), rasterise mask and parts directly in the crop (exact) -> landmarks16 (anny's COCO keypoints
 projected, core.landmarks.mpii16_from_coco17) and landmarks16_detected (core.detect on the crop; NaN when
 nobody is found) -> train.voxelise.project_to_volume + voxelise (+ one surface voxel in the few columns
 whose silhouette chord is thinner than a voxel, so the front view is the rendered silhouette; counted in
-meta "silhouette_voxels_added") -> samples/NNNNNNN.npz (atomic).
+meta "silhouette_voxels_added"); with garments, the body and each garment are voxelised apart and OR-ed, and
+the body's own volume is kept too -> samples/NNNNNNN.npz (atomic).
 
 Shards: --shard I/N makes the indices i < count with i % N == I.  --workers W splits that into W
 sub-shards (i % (N*W) == I + k*N) run as W separate processes of this same command.  Existing samples are
@@ -46,12 +49,15 @@ if __name__ == "__main__" and not __package__:  # run as a script, e.g. by `blen
 
 import numpy as np  # noqa: E402
 
+from core.files import write_atomic  # noqa: E402
+
 FORMAT = "monohuman-dataset"
 FORMAT_VERSION = 1
 # What a sample depends on: a folder is made with one set of these (settings.json); a rerun must match.
 SETTINGS = ("seed", "size", "volume", "engine", "samples", "denoise", "split_every", "source", "scans",
-            "backgrounds", "no_detect")
-STAGES = ("body", "scene", "render", "crop", "detect", "voxelise", "write")
+            "backgrounds", "no_detect", "clothing", "clothing_kinds")
+UNCLOTHED = {"clothing": 0.0, "clothing_kinds": []}  # the settings of a folder made before --clothing existed
+STAGES = ("body", "scene", "garments", "render", "crop", "detect", "voxelise", "write")
 
 
 # ------------------------------------------------------------------------------------------- args
@@ -76,6 +82,21 @@ def _shard(text: str):
     return i, n
 
 
+def _kinds(text: str):
+    from train.garments import KINDS
+
+    if text.strip() in ("all", ""):
+        return list(KINDS)
+    if text.strip() == "none":
+        return []
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown garment kind(s) {', '.join(bad)}; choose among "
+                                         f"{', '.join(KINDS)} (or 'all', 'none')")
+    return kinds
+
+
 def build_parser():
     from core.validate import Parser
 
@@ -98,6 +119,10 @@ def build_parser():
     p.add_argument("--split-every", type=int, default=10, help="K: body_id %% K == K-1 is 'test'")
     p.add_argument("--backgrounds", default=None, help="folder of background images")
     p.add_argument("--no-detect", action="store_true", help="skip mediapipe (landmarks16_detected = NaN)")
+    p.add_argument("--clothing", type=float, default=0.8,
+                   help="share of Anny samples that wear garments and hair (0 = none, the rest are tight)")
+    p.add_argument("--clothing-kinds", type=_kinds, default=_kinds("all"),
+                   help="garment kinds to draw from, comma-separated, 'all' or 'none' (train.garments.KINDS)")
     p.add_argument("--progress", choices=["auto", "none"], default="auto")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: no finalise
     return p
@@ -113,6 +138,7 @@ def check_args(args):
     number("--samples", args.samples, integer=True, lo=1)
     number("--threads", args.threads, integer=True, lo=0)
     number("--split-every", args.split_every, integer=True, lo=0)
+    number("--clothing", args.clothing, lo=0, hi=1)
     for name in ("backgrounds", "scans"):
         if getattr(args, name):
             existing_folder(f"--{name}", getattr(args, name))
@@ -128,7 +154,6 @@ def remember_settings(out: Path, args) -> None:
     the difference named, so a dataset never mixes samples made two ways. A folder from before this file
     existed is checked against its card's parameters."""
     from core.errors import DataError
-    from core.files import write_atomic
 
     path = out / "settings.json"
     mine = settings_of(args)
@@ -138,6 +163,8 @@ def remember_settings(out: Path, args) -> None:
         card = out / "card.json"
         saved = json.loads(card.read_text()).get("parameters", {}) if card.exists() else {}
         saved, source = {k: v for k, v in saved.items() if k in SETTINGS}, "card.json"
+    if saved:  # a folder made before clothing existed holds tight bodies only
+        saved = {**UNCLOTHED, **saved}
     diff = [f"--{k.replace('_', '-')} {_shown(mine.get(k))} (made with {_shown(saved[k])})"
             for k in SETTINGS if k in saved and saved[k] != mine.get(k)]
     if diff:
@@ -148,6 +175,8 @@ def remember_settings(out: Path, args) -> None:
 
 
 def _shown(value) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value) or "none"  # garment kinds
     return "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -219,49 +248,84 @@ def split_of(body_id: int, k: int) -> str:
 
 def make_sample(index: int, ctx: Context) -> dict:
     """Make sample `index` and write it. Returns the per-stage timings (seconds)."""
-    from core.crop import crop_box_from_mask, crop_image
-    from core.landmarks import mpii16_from_coco17
-    from train import bodies
-    from train.render import face_part_labels, rasterise, render_photo
-    from train.samples import sample_path, write_sample
-    from train.scene import clothing_regions, dress, project, sample_scene
-    from train.voxelise import project_to_volume, voxelise
+    from train.render import render_photo
+    from train.scene import clothing_regions, dress, sample_scene
 
-    args, cfg = ctx.args, ctx.cfg
-    D, H, W = ctx.shape
-    in_hw = ctx.in_hw
     tm = {}
     t = time.perf_counter()
-    rng = np.random.default_rng([int(args.seed), int(index)])
+    rng = np.random.default_rng([int(ctx.args.seed), int(index)])
     body_id = body_id_of(index, ctx)
-    if ctx.scans:
-        name, v, f = ctx.scans[body_id]
-        body = bodies.body_from_mesh(v, f, name=name)
-        # random upright rotation of the scan about Z is part of the camera yaw
-    else:
-        body = bodies.make_anny_body(rng)
+    body = _make_body(rng, body_id, ctx)
     tm["body"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    params = sample_scene(rng, body, cfg, in_hw)
+    params = sample_scene(rng, body, ctx.cfg, ctx.in_hw)
     regions = clothing_regions(body, params["appearance"])
     dressed = dress(body, regions, params["appearance"]["thickness"])
     tm["scene"] = time.perf_counter() - t
-    photo = render_photo(body, params, dressed, regions, cfg, timings=tm)
+    t = time.perf_counter()
+    worn = _garments(index, body, ctx)
+    tm["garments"] = time.perf_counter() - t
+    photo = render_photo(body, params, dressed, regions, ctx.cfg, timings=tm, garments=worn or ())
 
     t = time.perf_counter()
+    crop = _crop(rng, photo, body, params["camera"], ctx, worn or ())
+    tm["crop"] = time.perf_counter() - t
+    t = time.perf_counter()
+    detection = _detect(crop["rgb"], index, ctx.args)
+    tm["detect"] = time.perf_counter() - t
+    t = time.perf_counter()
+    vox = _voxelise(photo, crop["box"], body, params["camera"], ctx, worn or ())
+    tm["voxelise"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _write(index, ctx, body, body_id, params, dict(crop, **detection, **vox), worn)
+    tm["write"] = time.perf_counter() - t
+    return tm
+
+
+def _make_body(rng, body_id: int, ctx: Context):
+    from train import bodies
+
+    if ctx.scans:
+        name, v, f = ctx.scans[body_id]
+        return bodies.body_from_mesh(v, f, name=name)  # an upright rotation of the scan is the camera's yaw
+    return bodies.make_anny_body(rng)
+
+
+def _garments(index: int, body, ctx: Context):
+    """None when the dataset has no clothing (or the body is a scan); else this sample's garments (an
+    empty list for a tight sample). Drawn from their own stream [seed, index, 1], so clothing changes
+    nothing else in the sample (body, scene, crop) and a dataset without clothing stays as it was."""
+    from train.garments import make_garments, sample_garments
+
+    share, kinds = ctx.args.clothing, ctx.args.clothing_kinds
+    if share <= 0 or not kinds or body.source != "anny":
+        return None
+    rng = np.random.default_rng([int(ctx.args.seed), int(index), 1])
+    specs = sample_garments(rng, kinds) if rng.random() < share else []
+    return make_garments(body, specs)
+
+
+def _crop(rng, photo, body, cam, ctx: Context, worn) -> dict:
+    """Crop box (with jitter), the crop's rgb, mask, parts and projected landmarks."""
+    from core.crop import crop_box_from_mask, crop_image
+    from core.landmarks import mpii16_from_coco17
+    from train.render import person_mesh, rasterise
+    from train.scene import project
+
+    D, H, W = ctx.shape
+    in_hw = ctx.in_hw
     scale_jitter = float(rng.uniform(0.9, 1.1))
     shift_jitter = (float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04)))
     box = crop_box_from_mask(photo["mask"], aspect_wh=W / H, fill=0.85, scale_jitter=scale_jitter,
                              shift_jitter=shift_jitter)
     rgb = crop_image(photo["rgb"], box, in_hw, interpolation="linear")
     rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
-    uv_crop = box.to_crop(photo["uv"], in_hw)
-    flabels = face_part_labels(body.parts, body.faces)
-    mask, parts, _ = rasterise(uv_crop, photo["points_cam"][:, 2], body.faces, in_hw, flabels)
+    worn_uv = [(box.to_crop(guv, in_hw), gpc) for guv, gpc in photo["garments"]]
+    uv, depth, faces, labels = person_mesh(box.to_crop(photo["uv"], in_hw), photo["points_cam"], body, worn,
+                                           worn_uv)
+    mask, parts, _ = rasterise(uv, depth, faces, in_hw, labels)
     alpha = crop_image(photo["alpha"].astype(np.float32), box, in_hw, interpolation="linear") > 0.5
-    alpha_iou = _iou(alpha, mask)
-    cam = params["camera"]
     if body.source == "anny":
         uvc, _ = project(body.coco17, cam)
         uvc = box.to_crop(uvc, in_hw)
@@ -269,74 +333,105 @@ def make_sample(index: int, ctx: Context) -> dict:
         lm16 = mpii16_from_coco17(np.concatenate([uvc, vis[:, None].astype(np.float64)], axis=1))
     else:
         lm16 = np.full((16, 3), np.nan, np.float32)
-    tm["crop"] = time.perf_counter() - t
+    return dict(box=box, rgb=rgb, mask=mask, parts=parts, lm16=lm16, alpha_iou=_iou(alpha, mask),
+                jitter=dict(scale=scale_jitter, shift=list(shift_jitter)))
 
-    t = time.perf_counter()
-    lm_det = np.full((16, 3), np.nan, np.float32)
-    mask_det = None  # mediapipe's soft mask on the crop: what the network is given at inference
-    detected = False
-    if not args.no_detect:
-        from core.detect import detect_person
-        from core.errors import NoPersonError
-        try:
-            det = detect_person(rgb, name=f"sample {index}")
-            lm_det, mask_det, detected = det.landmarks16, det.mask, True
-        except NoPersonError:
-            pass
-    tm["detect"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+def _detect(rgb, index: int, args) -> dict:
+    """mediapipe on the crop: its 16 landmarks and soft mask (what inference gives the network)."""
+    found = dict(lm_det=np.full((16, 3), np.nan, np.float32), mask_det=None, detected=False)
+    if args.no_detect:
+        return found
+    from core.detect import detect_person
+    from core.errors import NoPersonError
+    try:
+        det = detect_person(rgb, name=f"sample {index}")
+    except NoPersonError:
+        return found
+    return dict(lm_det=det.landmarks16, mask_det=det.mask, detected=True)
+
+
+def _voxelise(photo, box, body, cam, ctx: Context, worn) -> dict:
+    """The target: the body's volume OR each garment's (voxelised apart: ray parity needs one closed
+    surface at a time), the silhouette's thin columns filled; and the body's own volume when dressed."""
+    from train.voxelise import project_to_volume, voxelise
+
+    D, H, W = ctx.shape
     pc = photo["points_cam"]
     mean_depth = float(pc[:, 2].mean())
 
-    def to_vol(p):
-        return box.to_crop(p, (H, W))
+    def to_vox(points):
+        return project_to_volume(points, cam["focal_px"], cam["principal_xy"], lambda p: box.to_crop(p, (H, W)),
+                                 ctx.shape, mean_depth=mean_depth)
 
-    verts_vox, ppm = project_to_volume(pc, cam["focal_px"], cam["principal_xy"], to_vol, ctx.shape,
-                                       mean_depth=mean_depth)
+    verts_vox, ppm = to_vox(pc)
     volume = voxelise(verts_vox, body.faces, ctx.shape)
+    body_volume = None
+    if worn:  # the body's own thin columns first, so the target holds every voxel of the body's volume
+        _fill_silhouette(volume, box, photo, body, (), mean_depth, ppm)
+        body_volume = volume.copy()
+        for g, (_, gpc) in zip(worn, photo["garments"]):
+            volume |= voxelise(to_vox(gpc)[0], g.faces, ctx.shape)
     R, pos = np.asarray(cam["R_world_to_cam"]), np.asarray(cam["cam_pos"])
     joints_cam = (body.joints - pos) @ R.T if len(body.joints) else np.zeros((0, 3))
-    if len(joints_cam):
-        joints_vox, _ = project_to_volume(joints_cam, cam["focal_px"], cam["principal_xy"], to_vol,
-                                          ctx.shape, mean_depth=mean_depth)
-    else:
-        joints_vox = np.zeros((0, 3))
-    # The voxeliser samples voxel centres along each ray; where the silhouette's chord is thinner than a
-    # voxel (grazing edges of limbs) no centre falls inside and the column stays empty although the pixel
-    # centre is on the person. Put one voxel at the surface depth there, so the front projection is the
-    # rendered silhouette (rasterised at the volume's H x W with the same pixel-centre rule).
-    mask_v, _, zb = rasterise(box.to_crop(photo["uv"], (H, W)), pc[:, 2], body.faces, (H, W))
+    joints_vox = to_vox(joints_cam)[0] if len(joints_cam) else np.zeros((0, 3))
+    front_iou_raw, gap = _fill_silhouette(volume, box, photo, body, worn, mean_depth, ppm)
+    return dict(volume=volume, body_volume=body_volume, verts_vox=verts_vox, joints_vox=joints_vox,
+                joints_cam=joints_cam, vertices_cam=pc, ppm=ppm, mean_depth=mean_depth,
+                front_iou_raw=front_iou_raw, gap=gap)
+
+
+def _fill_silhouette(volume, box, photo, body, worn, mean_depth: float, ppm: float):
+    """The voxeliser samples voxel centres along each ray; where the silhouette's chord is thinner than a
+    voxel (grazing edges of limbs) no centre falls inside and the column stays empty although the pixel
+    centre is on the person. Put one voxel at the surface depth there (in place), so the front projection
+    is the rendered silhouette (rasterised at the volume's H x W with the same pixel-centre rule).
+    Returns (front IoU before the fill, the filled columns)."""
+    from train.render import person_mesh, rasterise
+
+    D, H, W = volume.shape
+    worn_uv = [(box.to_crop(guv, (H, W)), gpc) for guv, gpc in photo["garments"][:len(worn)]]
+    uv, depth, faces, _ = person_mesh(box.to_crop(photo["uv"], (H, W)), photo["points_cam"], body, worn,
+                                      worn_uv)
+    mask_v, _, zb = rasterise(uv, depth, faces, (H, W))
     front_raw = volume.any(axis=0)
     gap = mask_v & ~front_raw
     if gap.any():
         hh, ww = np.nonzero(gap)
         dd = np.clip(np.floor((zb[hh, ww] - mean_depth) * ppm + D / 2.0), 0, D - 1).astype(np.int64)
         volume[dd, hh, ww] = True
-    front_iou_raw = _iou(front_raw, mask_v)
-    mask_at_vol = mask if (H, W) == tuple(in_hw) else crop_image(mask, box_unit(in_hw), (H, W), "nearest")
-    front_iou = _iou(volume.any(axis=0), mask_at_vol)
-    tm["voxelise"] = time.perf_counter() - t
+    return _iou(front_raw, mask_v), gap
 
-    t = time.perf_counter()
+
+def _write(index: int, ctx: Context, body, body_id: int, params: dict, s: dict, worn) -> None:
+    """The sample file (atomic); `s` holds what the crop, detect and voxelise stages made."""
+    from core.crop import crop_image
+    from train.samples import sample_path, write_sample
+
+    args, cam = ctx.args, params["camera"]
+    D, H, W = ctx.shape
+    in_hw = ctx.in_hw
+    mask, volume, verts_vox = s["mask"], s["volume"], s["verts_vox"]
+    mask_at_vol = mask if (H, W) == tuple(in_hw) else crop_image(mask, box_unit(in_hw), (H, W), "nearest")
     meta = dict(
         format=FORMAT, format_version=FORMAT_VERSION, index=int(index), seed=int(args.seed),
         source=body.source, body_id=int(body_id), split=split_of(body_id, args.split_every),
-        body=body.params, scene=params, crop_box=box.as_dict(), crop_jitter=dict(
-            scale=scale_jitter, shift=list(shift_jitter)),
-        input_hw=list(in_hw), volume_shape=[D, H, W], px_per_metre=ppm, mean_depth_m=mean_depth,
+        body=body.params, scene=params, crop_box=s["box"].as_dict(), crop_jitter=s["jitter"],
+        input_hw=list(in_hw), volume_shape=[D, H, W], px_per_metre=s["ppm"], mean_depth_m=s["mean_depth"],
         intrinsics=dict(focal_px=cam["focal_px"], principal_xy=list(cam["principal_xy"]),
                         canvas_hw=cam["canvas_hw"]),
-        alpha_iou=alpha_iou, front_iou=front_iou, front_iou_voxeliser=front_iou_raw,
-        silhouette_voxels_added=int(gap.sum()), detected=detected,
+        alpha_iou=s["alpha_iou"], front_iou=_iou(volume.any(axis=0), mask_at_vol),
+        front_iou_voxeliser=s["front_iou_raw"], silhouette_voxels_added=int(s["gap"].sum()),
+        detected=s["detected"],
         vertices_outside_volume=int(np.sum(np.any((verts_vox < 0) | (verts_vox > [W, H, D]), axis=1))),
-        joints="anny bone heads, card.json joint_names" if len(joints_cam) else "none (scan)",
+        joints="anny bone heads, card.json joint_names" if len(s["joints_cam"]) else "none (scan)",
     )
-    write_sample(sample_path(args.out, index), rgb=rgb, mask=mask, parts=parts, landmarks16=lm16,
-                 landmarks16_detected=lm_det, volume=volume, vertices_vox=verts_vox, joints_vox=joints_vox,
-                 vertices_cam=pc, joints_cam=joints_cam, meta=meta, mask_detected=mask_det)
-    tm["write"] = time.perf_counter() - t
-    return tm
+    if worn is not None:  # a dataset with clothing: what this sample wears (an empty list: tight)
+        meta["clothing"] = [g.spec for g in worn]
+    write_sample(sample_path(args.out, index), rgb=s["rgb"], mask=mask, parts=s["parts"], landmarks16=s["lm16"],
+                 landmarks16_detected=s["lm_det"], volume=volume, vertices_vox=verts_vox,
+                 joints_vox=s["joints_vox"], vertices_cam=s["vertices_cam"], joints_cam=s["joints_cam"], meta=meta,
+                 mask_detected=s["mask_det"], volume_body=s["body_volume"])
 
 
 def box_unit(hw):
@@ -481,21 +576,27 @@ def finalise(out, args=None, scan_problems=None):
     out = Path(out)
     files = sorted((out / "samples").glob("*.npz"))
     lines, counts, params = [], {"train": 0, "test": 0}, None
-    sources = {}
+    sources, worn, clothed = {}, {}, 0
     for p in files:
         m = read_meta(p)
+        for g in m.get("clothing", []):
+            worn[g["kind"]] = worn.get(g["kind"], 0) + 1
         counts[m["split"]] = counts.get(m["split"], 0) + 1
         sources[m["source"]] = sources.get(m["source"], 0) + 1
         lines.append(json.dumps({
             "index": m["index"], "file": f"samples/{p.name}", "split": m["split"], "body_id": m["body_id"],
             "source": m["source"], "pose": m["body"].get("pose", {}).get("kind"),
-            "front_iou": round(m["front_iou"], 5), "detected": m["detected"]}, sort_keys=True))
+            "front_iou": round(m["front_iou"], 5), "detected": m["detected"],
+            **({"clothed": bool(m["clothing"])} if "clothing" in m else {})}, sort_keys=True))
+        clothed += bool(m.get("clothing"))
         params = params or m
-    _atomic_text(out / "manifest.jsonl", "".join(ln + "\n" for ln in lines))
+    write_atomic(out / "manifest.jsonl", "".join(ln + "\n" for ln in lines))
     from train.bodies import PART_NAMES, PART_UNKNOWN
     card = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "count": len(files), "counts_by_split": counts, "counts_by_source": sources,
+        "clothing_kinds": dict(sorted(worn.items())),
+        "clothed": clothed,
         "seed": params["seed"] if params else None,
         "input_hw": params["input_hw"] if params else None,
         "volume_shape": params["volume_shape"] if params else None,
@@ -513,7 +614,7 @@ def finalise(out, args=None, scan_problems=None):
         card["command"] = "python -m train.make_dataset " + " ".join(_argv())
     if scan_problems:
         card["skipped_scans"] = [{"file": n, "reason": r} for n, r in scan_problems]
-    _atomic_text(out / "card.json", json.dumps(card, indent=1, sort_keys=True) + "\n")
+    write_atomic(out / "card.json", json.dumps(card, indent=1, sort_keys=True) + "\n")
     _timing_summary(out)
     if args is not None and args.preview:
         write_preview(out, out / "preview.png")
@@ -538,13 +639,7 @@ def _timing_summary(out):
     summ = {s: round(float(np.mean([r.get(s, 0.0) for r in rows])), 4) for s in STAGES}
     summ["total"] = round(sum(summ.values()), 4)
     summ["samples_logged"] = len(rows)
-    _atomic_text(Path(out) / "timings.json", json.dumps(summ, indent=1) + "\n")
-
-
-def _atomic_text(path, text):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(Path(out) / "timings.json", json.dumps(summ, indent=1) + "\n")
 
 
 def write_preview(out, png_path, max_rows: int = 48):
@@ -629,7 +724,7 @@ def merge(out, dirs):
             if k in card_params[1]:
                 merged[k] = card_params[1][k]
         merged["merged_from"] = [str(d) for d in dirs]
-        _atomic_text(out / "card.json", json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        write_atomic(out / "card.json", json.dumps(merged, indent=1, sort_keys=True) + "\n")
     return card
 
 

@@ -132,24 +132,42 @@ def composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
+def person_mesh(uv, points_cam, body, garments=(), garment_points=()):
+    """The rendered person as one triangle soup for the z-buffer: the body, then each garment.
+    uv, points_cam: the body's projected vertices; garment_points: [(uv, points_cam)] per garment.
+    Returns (uv, depth, faces, face part labels); a garment face takes the body part nearest to it."""
+    uvs, depths, faces = [uv], [points_cam[:, 2]], [body.faces]
+    labels = [face_part_labels(body.parts, body.faces)]
+    n = len(uv)
+    for g, (guv, gpc) in zip(garments, garment_points):
+        uvs.append(guv)
+        depths.append(gpc[:, 2])
+        faces.append(g.faces + n)
+        labels.append(face_part_labels(g.parts, g.faces))
+        n += len(guv)
+    return np.concatenate(uvs), np.concatenate(depths), np.concatenate(faces), np.concatenate(labels)
+
+
 def render_photo(body, scene_params: dict, dressed: np.ndarray, regions: np.ndarray,
-                 cfg: SceneConfig, timings: dict | None = None) -> dict:
-    """Render the photo of one sample: rgb (canvas), alpha, rasterised mask/parts/depth, uv, cam points."""
+                 cfg: SceneConfig, timings: dict | None = None, garments=()) -> dict:
+    """Render the photo of one sample: rgb (canvas), alpha, rasterised mask/parts/depth, uv, cam points
+    (the body's; "garments": [(uv, cam points)] of each garment)."""
     t0 = time.perf_counter()
     cam = scene_params["camera"]
     hw = cam["canvas_hw"]
-    scene = build_scene(scene_params, dressed, body.faces, regions, hw)
+    scene = build_scene(scene_params, dressed, body.faces, regions, hw, garments)
     t1 = time.perf_counter()
     rgba = render_rgba(scene, threads=cfg.threads)
     bg = background_image(scene_params["background"], hw, cfg.background_dir)
     rgb = composite(rgba, bg)
-    t2 = time.perf_counter()
     uv, pc = project(dressed, cam)
-    mask, parts, zbuf = rasterise(uv, pc[:, 2], body.faces, hw, face_part_labels(body.parts, body.faces))
+    worn = [project(g.vertices, cam) for g in garments]
+    all_uv, depth, faces, labels = person_mesh(uv, pc, body, garments, worn)
+    mask, parts, zbuf = rasterise(all_uv, depth, faces, hw, labels)
     if timings is not None:
         timings["scene"] = timings.get("scene", 0.0) + (t1 - t0)
         timings["render"] = timings.get("render", 0.0) + (time.perf_counter() - t1)
-    return dict(rgb=rgb, alpha=rgba[..., 3], mask=mask, parts=parts, uv=uv, points_cam=pc)
+    return dict(rgb=rgb, alpha=rgba[..., 3], mask=mask, parts=parts, uv=uv, points_cam=pc, garments=worn)
 
 
 # ------------------------------------------------------------------------------------- test photo

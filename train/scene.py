@@ -329,9 +329,11 @@ def _cloth_material(bpy, name, spec, is_skin=False):
     mix.data_type = "RGBA"
     mix.inputs[6].default_value = col
     mix.inputs[7].default_value = list(spec["colour2"]) + [1.0]
-    if tex == "noise":
+    if tex in ("noise", "denim"):  # denim: a fine, detailed noise between two close blues (twill)
         t = nt.nodes.new("ShaderNodeTexNoise")
-        t.inputs["Scale"].default_value = spec["scale"]
+        t.inputs["Scale"].default_value = spec["scale"] * (8.0 if tex == "denim" else 1.0)
+        if tex == "denim":
+            t.inputs["Detail"].default_value = 8.0
         out = t.outputs["Fac"]
     elif tex == "stripes":
         t = nt.nodes.new("ShaderNodeTexWave")
@@ -347,18 +349,18 @@ def _cloth_material(bpy, name, spec, is_skin=False):
     return mat
 
 
-def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: np.ndarray,
-                resolution_hw) -> "object":
-    """Build the Blender scene for one sample from its parameters. Returns bpy.context.scene."""
-    import bpy
+def _add_mesh(bpy, scene, name, vertices, faces, face_material=None):
+    """A smooth-shaded mesh object from arrays (core.blender_mesh), linked into the scene."""
+    obj = bpy.data.objects.new(name, mesh_from_arrays(name, vertices, faces, material_index=face_material))
+    scene.collection.objects.link(obj)
+    return obj
 
-    scene = _clear_scene(bpy)
+
+def _add_person(bpy, scene, app: dict, vertices, faces, regions):
+    """The body with one material per clothing region (skin where a region is absent)."""
     nf = len(faces)
     face_region = np.max(regions[faces], axis=1) if len(regions) else np.zeros(nf, np.int64)
-    mesh = mesh_from_arrays("person", vertices, faces, material_index=face_region)
-    obj = bpy.data.objects.new("person", mesh)
-    scene.collection.objects.link(obj)
-    app = params["appearance"]
+    obj = _add_mesh(bpy, scene, "person", vertices, faces, face_region)
     for region in REGIONS:
         spec = app["skin"] if region == "skin" else app.get(region)
         if region == "skin" or spec is None:
@@ -366,8 +368,40 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
             obj.data.materials.append(_cloth_material(bpy, region, spec, is_skin=True))
         else:
             obj.data.materials.append(_cloth_material(bpy, region, spec))
-    # --- camera: our camera frame (x right, y down, z fwd) = Blender's (x, -y, -z)
-    cam_p = params["camera"]
+
+
+def _add_garments(bpy, scene, garments):
+    """Each garment (train.garments.Garment) its own object and cloth material."""
+    for i, g in enumerate(garments):
+        obj = _add_mesh(bpy, scene, f"{g.kind}{i}", g.vertices, g.faces)
+        obj.data.materials.append(_garment_material(bpy, f"{g.kind}{i}", g.spec["material"]))
+
+
+def _garment_material(bpy, name, spec):
+    """Cloth, not painted skin: the print of _cloth_material, a fine weave bump (millimetre noise in object
+    space) and a soft sheen."""
+    mat = _cloth_material(bpy, name, spec)
+    nt = mat.node_tree
+    bsdf = nt.nodes.get("Principled BSDF")
+    coord = nt.nodes.new("ShaderNodeTexCoord")
+    weave = nt.nodes.new("ShaderNodeTexNoise")
+    weave.inputs["Scale"].default_value = 300.0
+    bump = nt.nodes.new("ShaderNodeBump")
+    bump.inputs["Strength"].default_value = 0.25
+    nt.links.new(coord.outputs["Object"], weave.inputs["Vector"])
+    nt.links.new(weave.outputs["Fac"], bump.inputs["Height"])
+    nt.links.new(bump.outputs["Normal"], bsdf.inputs["Normal"])
+    for key in ("Sheen Weight", "Sheen"):  # Blender 4+ / 3.x
+        if key in bsdf.inputs:
+            bsdf.inputs[key].default_value = 0.3
+            break
+    return mat
+
+
+def _add_camera(bpy, scene, cam_p: dict):
+    """Our camera frame (x right, y down, z fwd) is Blender's (x, -y, -z)."""
+    import mathutils
+
     cam_data = bpy.data.cameras.new("camera")
     cam_data.sensor_fit = "HORIZONTAL"
     cam_data.sensor_width = cam_p["sensor_mm"]
@@ -379,12 +413,15 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
     M = np.eye(4)
     M[:3, 0], M[:3, 1], M[:3, 2] = R[0], -R[1], -R[2]
     M[:3, 3] = cam_p["cam_pos"]
-    import mathutils
     cam.matrix_world = mathutils.Matrix(M.tolist())
     scene.collection.objects.link(cam)
     scene.camera = cam
-    # --- lights
-    for i, lp in enumerate(params["lighting"]["lights"]):
+
+
+def _add_lights(bpy, scene, lights: list):
+    import mathutils
+
+    for i, lp in enumerate(lights):
         kind = {"sun": "SUN", "area": "AREA", "point": "POINT"}[lp["kind"]]
         ld = bpy.data.lights.new(f"light{i}", kind)
         ld.color = lp["colour"]
@@ -399,8 +436,9 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
         d = np.asarray(lp["target"]) - np.asarray(lp["position"])
         lo.rotation_euler = mathutils.Vector(d.tolist()).to_track_quat("-Z", "Y").to_euler()
         scene.collection.objects.link(lo)
-    # --- world
-    wp = params["lighting"]["world"]
+
+
+def _add_world(bpy, scene, wp: dict):
     world = bpy.data.worlds.new("world")
     if bpy.app.version < (5, 0, 0):
         world.use_nodes = True
@@ -420,7 +458,9 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
             bg.inputs["Strength"].default_value = wp["strength"] * 0.3
         except Exception:  # a Blender without the sky node: keep the colour world
             pass
-    # --- render settings
+
+
+def _render_settings(scene, params: dict, resolution_hw):
     r = scene.render
     r.resolution_y, r.resolution_x = int(resolution_hw[0]), int(resolution_hw[1])
     r.resolution_percentage = 100
@@ -434,23 +474,38 @@ def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: 
         scene.display.shading.light = "STUDIO"
         scene.display.shading.color_type = "MATERIAL"
         scene.display.render_aa = "8"
-    else:
-        r.engine = "CYCLES"
-        c = scene.cycles
-        c.device = "CPU"
-        c.samples = int(params["samples"])
-        c.use_adaptive_sampling = False
-        c.seed = int(params["render_seed"]) % (2 ** 31)
-        c.use_denoising = bool(params["denoise"])
-        if params["denoise"]:
-            c.denoiser = "OPENIMAGEDENOISE"
-        c.max_bounces = 4
-        c.diffuse_bounces = 2
-        c.glossy_bounces = 2
-        c.transmission_bounces = 2
-        c.transparent_max_bounces = 4
-        c.caustics_reflective = False
-        c.caustics_refractive = False
-        c.pixel_filter_type = "BOX"
-        c.filter_width = 1.0
+        return
+    r.engine = "CYCLES"
+    c = scene.cycles
+    c.device = "CPU"
+    c.samples = int(params["samples"])
+    c.use_adaptive_sampling = False
+    c.seed = int(params["render_seed"]) % (2 ** 31)
+    c.use_denoising = bool(params["denoise"])
+    if params["denoise"]:
+        c.denoiser = "OPENIMAGEDENOISE"
+    c.max_bounces = 4
+    c.diffuse_bounces = 2
+    c.glossy_bounces = 2
+    c.transmission_bounces = 2
+    c.transparent_max_bounces = 4
+    c.caustics_reflective = False
+    c.caustics_refractive = False
+    c.pixel_filter_type = "BOX"
+    c.filter_width = 1.0
+
+
+def build_scene(params: dict, vertices: np.ndarray, faces: np.ndarray, regions: np.ndarray,
+                resolution_hw, garments=()) -> "object":
+    """Build the Blender scene for one sample from its parameters (and its garments' meshes, if any).
+    Returns bpy.context.scene."""
+    import bpy
+
+    scene = _clear_scene(bpy)
+    _add_person(bpy, scene, params["appearance"], vertices, faces, regions)
+    _add_garments(bpy, scene, garments)
+    _add_camera(bpy, scene, params["camera"])
+    _add_lights(bpy, scene, params["lighting"]["lights"])
+    _add_world(bpy, scene, params["lighting"]["world"])
+    _render_settings(scene, params, resolution_hw)
     return scene
