@@ -322,8 +322,8 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
         volume, (mesh, verts_vox, vox_to_metric, joints, body_rig) = None, _hmnet_body(
             loaded, crop_rgb, crop_mask, crop_landmarks, torch_device, subject_height, stage)
     else:
-        stage("encode")
-        inputs = encode(crop_rgb, crop_landmarks, crop_mask, loaded.config.inputs)
+        inputs = vrn_inputs(rgb, det, loaded, (box, crop_rgb, crop_mask, crop_landmarks), rigger or rig_model,
+                             torch_device, warnings, stage, cancel)
         volume, mesh, verts_vox, vox_to_metric = _vrn_surface(loaded, inputs, torch_device,
                                                               (smoothing, face_budget, subject_height), stage)
         joints = body_rig = None
@@ -355,6 +355,46 @@ def _vrn_surface(loaded, inputs, device, options, stage):
     stage("frame")
     mesh, vox_to_metric = surface_to_metric(mesh_vox, subject_height)
     return volume, mesh, np.asarray(mesh_vox.vertices), vox_to_metric
+
+
+def vrn_inputs(rgb, det, loaded: LoadedModel, crops, initialiser, device, warnings, stage, cancel) -> np.ndarray:
+    """The encoded input of a VRN model; a body-guided one gets the fitted body too (`initialiser`: the HMNet
+    model, or the name of one, that starts the fit)."""
+    box, crop_rgb, crop_mask, crop_landmarks = crops
+    guide = None
+    if "body" in loaded.config.inputs:
+        stage("fit")
+        if not isinstance(initialiser, LoadedModel):
+            initialiser = _guide_initialiser(initialiser, device, warnings)
+        guide = fitted_guide(rgb, det, loaded, box, initialiser, device, cancel)
+    stage("encode")
+    return encode(crop_rgb, crop_landmarks, crop_mask, loaded.config.inputs, body=guide)
+
+
+def fitted_guide(rgb, det, loaded: LoadedModel, box: CropBox, initialiser: LoadedModel | None, device,
+                 cancel=None) -> np.ndarray:
+    """The guide planes (core.guide) of the fitted body in a body-guided VRN's crop frame, its vertex mean at
+    the volume's middle depth, as training anchors the bodies it perturbs (train.body_guides)."""
+    from core.guide import body_guide
+    from core.template import load_template
+
+    fitted, fit_box, fit_shape = fit_person(rgb, det, initialiser, device, cancel=cancel)
+    shape = tuple(loaded.config.volume_shape)
+    vertices = _between_volumes(fitted.vertices, fit_box, fit_shape, box, shape)
+    vertices[:, 2] += shape[0] / 2.0 - vertices[:, 2].mean()
+    return body_guide(vertices, load_template().faces, shape, tuple(loaded.config.input_size))
+
+
+def _guide_initialiser(rig_model, device: torch.device, warnings: list) -> LoadedModel | None:
+    """The HumanMeshNet model that starts the fit a body-guided VRN needs (the rig model); without the default
+    one the fit starts from Anny's rest pose, with a warning."""
+    try:
+        return _resolve_model(rig_model, "hmnet", device)
+    except ModelError as err:
+        if rig_model not in (None, "", "default"):
+            raise
+        warnings.append(f"The body guide was fitted from Anny's rest pose: {err.problem}")
+        return None
 
 
 def _rigger(wanted: bool, rig_model, device: torch.device) -> tuple[LoadedModel | None, list[str]]:

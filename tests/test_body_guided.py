@@ -41,14 +41,55 @@ def test_guide_planes_show_the_body_where_the_target_is(guided_data):
     assert np.array_equal(again.numpy(), ds[0][0].numpy())  # draws are a function of (seed, epoch, index)
 
 
-def test_guided_model_trains_and_records_its_noise(guided_data, tmp_path):
+@pytest.fixture(scope="module")
+def guided_model(guided_data, tmp_path_factory):
+    """A 16-wide one-stack body-guided VRN trained for one epoch on the tiny dataset: its model.json path."""
     from train.fit import TrainConfig, fit
 
-    cfg = TrainConfig(data=[str(guided_data)], out=str(tmp_path / "run"), variant="body-guided", features=16,
-                      stacks=1, norm="group", epochs=1, batch_size=4, val_samples=1, workers=0, optimizer="adam",
-                      lr=1e-3, name="guided-test")
+    run = tmp_path_factory.mktemp("guided_run") / "run"
+    cfg = TrainConfig(data=[str(guided_data)], out=str(run), variant="body-guided", features=16, stacks=1,
+                      norm="group", epochs=1, batch_size=4, val_samples=1, workers=0, optimizer="adam", lr=1e-3,
+                      name="guided-test")
     assert fit(cfg) == 0
-    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    return run / "model.json"
+
+
+def test_guided_model_trains_and_records_its_noise(guided_model):
+    doc = json.loads(guided_model.read_text())
     assert doc["config"]["inputs"] == list(GUIDED)
     assert doc["guide"]["noise"]["format"] == "monohuman-fit-noise" and doc["guide"]["noise"]["samples"] > 0
     assert 0.0 <= doc["metrics"]["val_iou"] <= 1.0
+
+
+def test_inference_gives_a_guided_model_the_fitted_body(guided_model, person_photo):
+    """Inference fits the body to the photo and hands it to the network in the network's own crop frame: the
+    guide's coverage is the person (the one-epoch model itself is not good enough to judge a surface by)."""
+    import torch
+
+    from core.checkpoint import load_model
+    from core.detect import detect_person
+    from core.image_io import load_image
+    from core.reconstruct import _crop_inputs, vrn_inputs
+
+    loaded = load_model(guided_model, device="cpu")
+    rgb = load_image(person_photo)
+    det = detect_person(rgb)
+    crops = _crop_inputs(rgb, det, loaded)
+    stages, warnings = [], []
+    x = vrn_inputs(rgb, det, loaded, crops, "default", torch.device("cpu"), warnings, stages.append, None)
+    start = sum(INPUT_CHANNELS[k] for k in ("image", "landmarks", "mask"))
+    cover, person = x[start + 2] > 0.5, crops[2] > 0.5
+    assert "fit" in stages and not warnings
+    assert (cover & person).sum() / (cover | person).sum() > 0.7
+
+
+def test_guided_evaluation_fits_every_sample(guided_model, guided_data):
+    """train.evaluate gives a guided model the body fitted to each held-out render, not the true one."""
+    from unittest import mock
+
+    import train.evaluate as evaluate
+
+    with mock.patch.object(evaluate, "fitted_guide", wraps=evaluate.fitted_guide) as fitted:
+        summary = evaluate.evaluate_model(str(guided_model), [str(guided_data)], surface=False, device="cpu")
+    assert summary["samples"] == 4 and fitted.call_count == 4
+    assert 0.0 <= summary["iou_mean"] <= 1.0

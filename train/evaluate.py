@@ -59,6 +59,24 @@ def model_method(model_ref) -> str:
     return str(json.loads(js.read_text()).get("method", "vrn"))
 
 
+def fitted_guide(sample: dict, initialiser, device) -> np.ndarray:
+    """The guide planes (core.guide) of the body fitted to a sample's render as inference fits a photo
+    (`train.evaluate_fit.fit_sample`), its vertex mean at the middle depth; empty planes when mediapipe finds
+    nobody (inference would stop there with "no person")."""
+    from core.errors import NoPersonError
+    from core.guide import GUIDE_CHANNELS, body_guide
+    from core.template import load_template
+    from train.evaluate_fit import fit_sample
+
+    shape = tuple(int(x) for x in sample["volume_shape"])
+    try:
+        vertices = fit_sample(sample, "fit", initialiser, device)["fitted"].vertices.copy()
+    except NoPersonError:
+        return np.zeros((len(GUIDE_CHANNELS), *sample["rgb"].shape[:2]), np.float32)
+    vertices[:, 2] += shape[0] / 2.0 - vertices[:, 2].mean()
+    return body_guide(vertices, load_template().faces, shape, sample["rgb"].shape[:2])
+
+
 def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, surface: bool = True,
                    device: str = "auto", depth_anchor: str | None = None) -> dict:
     """Held-out figures of one model; targets aligned by `depth_anchor` (default: the model's own)."""
@@ -72,12 +90,15 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
     if not rows:
         raise MonohumanError(f"No {split!r} samples in {', '.join(map(str, data_dirs))}.",
                              "Evaluate on a dataset with a held-out split (see its card.json).")
+    # a body-guided model sees the body fitted to each render, exactly as inference fits it (no truth leaks in)
+    initialiser = load_model("hmnet-default", device=str(torch_device)) if "body" in cfg.inputs else None
     per_sample = []
     for row in tqdm(rows, desc=f"evaluate {loaded.name}", file=sys.stderr):
         sample = read_sample(row["path"])
         k = pooling_factor(sample["volume"].shape, cfg.volume_shape)  # a coarser model on finer data
         target = target_volume(sample["volume"], cfg.volume_shape, anchor)
-        x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), cfg.inputs)
+        body = fitted_guide(sample, initialiser, torch_device) if initialiser is not None else None
+        x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), cfg.inputs, body=body)
         prob = predict_volume(loaded, x, torch_device)
         pred = prob > 0.5
         entry = {"file": row["file"], "iou": float(volume_iou(pred, target)),

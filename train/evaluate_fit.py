@@ -73,10 +73,13 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
     stages, priors, from_network = variant(name)
     start = None
     if from_network:
-        mask = cv2.resize(det.mask, (w_in, h_in), interpolation=cv2.INTER_AREA)
-        lm16 = box.to_crop(det.landmarks16, (h_in, w_in))
+        h_net, w_net = (int(x) for x in initialiser.config.input_size)  # the render at the network's size
+        crop = sample["rgb"] if (h_in, w_in) == (h_net, w_net) else cv2.resize(
+            sample["rgb"], (w_net, h_net), interpolation=cv2.INTER_CUBIC)
+        mask = cv2.resize(det.mask, (w_net, h_net), interpolation=cv2.INTER_AREA)
+        lm16 = box.to_crop(det.landmarks16, (h_net, w_net))
         lm16 = np.concatenate([lm16, det.landmarks16[:, 2:]], 1) if lm16.shape[1] == 2 else lm16
-        verts, _ = predict_body(initialiser, sample["rgb"], mask, lm16, device)
+        verts, _ = predict_body(initialiser, crop, mask, lm16, device)
         pose, rotation = pose_from_body(verts)
         start = initial_params(ev, pose=pose, global_rotation=rotation)
     t = time.perf_counter()
