@@ -43,8 +43,9 @@ def inference_landmarks(sample: dict) -> np.ndarray:
 
 
 def ground_truth_mesh(sample: dict) -> trimesh.Trimesh:
-    """The posed (dressed) Anny body in the data's volume frame; a scan's voxelised surface otherwise."""
-    if sample["meta"].get("source") == "anny":
+    """The posed Anny body in the data's volume frame when it wears nothing over its skin; the target volume's
+    surface otherwise (garments and hair, train.garments; a scan)."""
+    if sample["meta"].get("source") == "anny" and not sample["meta"].get("clothing"):
         from train.bodies import topology
 
         faces = topology().faces
