@@ -17,13 +17,16 @@ from core.geometry import rasterise
 GUIDE_CHANNELS = ("body_front", "body_back", "body_cover")
 
 
-def body_guide(vertices_vox, faces, volume_shape, input_hw) -> np.ndarray:
+def body_guide(vertices_vox, faces, volume_shape, input_hw, centre_depth: bool = True) -> np.ndarray:
     """(3, H, W) float32 at the network's input size from a body in the volume frame (x right and y down in
     [0, W] / [0, H] of the volume, z depth in [0, D]): front depth / D, back depth / D (both 0 off the body)
-    and coverage (1 on the body)."""
+    and coverage (1 on the body). centre_depth: first move the body so its vertex mean sits at depth D/2, the
+    one anchor inference (the fit), evaluation and training (perturbed true bodies) all give the network."""
     d, h, w = (int(x) for x in volume_shape)
     ih, iw = (int(x) for x in input_hw)
-    v = np.asarray(vertices_vox, np.float64)
+    v = np.array(vertices_vox, np.float64)
+    if centre_depth:
+        v[:, 2] += d / 2.0 - v[:, 2].mean()
     uv = v[:, :2] * np.array([iw / w, ih / h])
     depth = v[:, 2] / d
     face, front = rasterise(uv, depth, faces, (ih, iw))

@@ -373,15 +373,13 @@ def vrn_inputs(rgb, det, loaded: LoadedModel, crops, initialiser, device, warnin
 
 def fitted_guide(rgb, det, loaded: LoadedModel, box: CropBox, initialiser: LoadedModel | None, device,
                  cancel=None) -> np.ndarray:
-    """The guide planes (core.guide) of the fitted body in a body-guided VRN's crop frame, its vertex mean at
-    the volume's middle depth, as training anchors the bodies it perturbs (train.body_guides)."""
+    """The guide planes (core.guide) of the fitted body in a body-guided VRN's crop frame."""
     from core.guide import body_guide
     from core.template import load_template
 
     fitted, fit_box, fit_shape = fit_person(rgb, det, initialiser, device, cancel=cancel)
     shape = tuple(loaded.config.volume_shape)
     vertices = _between_volumes(fitted.vertices, fit_box, fit_shape, box, shape)
-    vertices[:, 2] += shape[0] / 2.0 - vertices[:, 2].mean()
     return body_guide(vertices, load_template().faces, shape, tuple(loaded.config.input_size))
 
 

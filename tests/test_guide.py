@@ -23,7 +23,7 @@ def _posed_body() -> np.ndarray:
 
 def test_guide_matches_the_voxelised_body():
     vertices, faces = _posed_body(), load_template().faces
-    guide = body_guide(vertices, faces, SHAPE, SHAPE[1:])
+    guide = body_guide(vertices, faces, SHAPE, SHAPE[1:], centre_depth=False)  # depths where the voxels are
     assert guide.shape == (len(GUIDE_CHANNELS), 64, 64) and guide.dtype == np.float32
     occupancy = voxelise(vertices, faces, SHAPE)
     seen = occupancy.any(0)

@@ -68,8 +68,8 @@ def body_params(data_dir, files: list[str], body) -> dict[str, FitParams]:
 
 
 class GuideMaker:
-    """Draws the guide of a sample: its true body perturbed by the noise model, posed, depth-anchored by its
-    vertex mean at D/2 (as inference anchors the fit), as `core.guide.body_guide` planes."""
+    """Draws the guide of a sample: its true body perturbed by the noise model, posed, as `core.guide.body_guide`
+    planes (depth-anchored as inference anchors the fit)."""
 
     def __init__(self, rows: list[dict], noise_path=None):
         from core.body_model import load_body_model
@@ -92,5 +92,4 @@ class GuideMaker:
 
         params = perturb(self.params[str(path)], self.noise, rng, self.body)
         vertices = pose_body(params, volume_shape, self.body).vertices
-        vertices[:, 2] += volume_shape[0] / 2.0 - vertices[:, 2].mean()
         return body_guide(vertices, self.faces, volume_shape, input_hw)

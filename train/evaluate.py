@@ -62,7 +62,7 @@ def model_method(model_ref) -> str:
 
 def fitted_guide(sample: dict, initialiser, device) -> np.ndarray:
     """The guide planes (core.guide) of the body fitted to a sample's render as inference fits a photo
-    (`train.evaluate_fit.fit_sample`), its vertex mean at the middle depth; empty planes when mediapipe finds
+    (`train.evaluate_fit.fit_sample`); empty planes when mediapipe finds
     nobody (inference would stop there with "no person")."""
     from core.errors import NoPersonError
     from core.guide import GUIDE_CHANNELS, body_guide
@@ -71,10 +71,9 @@ def fitted_guide(sample: dict, initialiser, device) -> np.ndarray:
 
     shape = tuple(int(x) for x in sample["volume_shape"])
     try:
-        vertices = fit_sample(sample, "fit", initialiser, device)["fitted"].vertices.copy()
+        vertices = fit_sample(sample, "fit", initialiser, device)["fitted"].vertices
     except NoPersonError:
         return np.zeros((len(GUIDE_CHANNELS), *sample["rgb"].shape[:2]), np.float32)
-    vertices[:, 2] += shape[0] / 2.0 - vertices[:, 2].mean()
     return body_guide(vertices, load_template().faces, shape, sample["rgb"].shape[:2])
 
 
