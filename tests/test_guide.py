@@ -44,3 +44,20 @@ def test_guide_at_another_input_size_is_the_same_body():
     small, large = body_guide(vertices, faces, SHAPE, (32, 32)), body_guide(vertices, faces, SHAPE, (128, 128))
     pooled = large[2].reshape(32, 4, 32, 4).mean((1, 3)) > 0.5
     assert (pooled == (small[2] > 0.5)).mean() > 0.97
+
+
+def test_body_prior_is_the_voxelised_body():
+    """The body-residual VRN starts from the guide's own occupancy (core.networks.vrn.BodyPrior): at 128 px
+    input and a 64^3 volume it is the voxelised body, depth for depth."""
+    import torch
+
+    from core.networks.vrn import BodyPrior
+
+    vertices, faces = _posed_body(), load_template().faces
+    guide = body_guide(vertices, faces, SHAPE, (128, 128), centre_depth=False)
+    x = torch.cat([torch.zeros(1, 4, 128, 128), torch.from_numpy(guide)[None]], dim=1)
+    prior = BodyPrior(SHAPE[0])
+    with torch.no_grad():
+        occupancy = (prior(x, SHAPE[1:]) / prior.gain)[0].numpy() > 0.5
+    truth = voxelise(vertices, faces, SHAPE)
+    assert (occupancy & truth).sum() / (occupancy | truth).sum() > 0.85

@@ -23,7 +23,7 @@ def tiny(name, volume=CUBE, **kw):
 
 def test_variants_match_the_paper():
     assert set(VARIANTS) == {"vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only",
-                             "mask-only", "conv3d", "body-guided"}  # the paper's seven and ours (#13)
+                             "mask-only", "conv3d", "body-guided", "body-residual"}  # the paper's seven and ours (#13)
     g, m = VARIANTS["vrn-guided"], VARIANTS["multistack"]
     assert (g.stacks, g.modules_per_hourglass, g.block, g.supervise_all) == (2, 4, "old-residual", False)
     assert (m.stacks, m.modules_per_hourglass, m.block, m.supervise_all) == (4, 2, "multiscale", True)

@@ -91,6 +91,7 @@ class VRNConfig:
     aux_head: str = "bilinear"  # head of earlier supervised stacks
     volume_features: int = 0  # flat3d only: channels c of the feature volume; 0 = FLOP-matched to f
     refine: int = 0  # width of the full-resolution refinement of the final logits; 0 = none (the paper)
+    body_prior: bool = False  # add the guide body's own occupancy to the logits (needs the "body" input)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -150,6 +151,10 @@ class VRNConfig:
         for name in ("head", "aux_head"):
             if getattr(self, name) not in HEADS:
                 raise err(f"unknown {name} {getattr(self, name)!r}; known: {list(HEADS)}")
+        if not isinstance(self.body_prior, bool):
+            raise err(f"body_prior must be true or false; got {self.body_prior!r}")
+        if self.body_prior and "body" not in self.inputs:
+            raise err("body_prior needs the body among the inputs (the guide it turns into occupancy)")
         if not isinstance(self.supervise_all, bool):
             raise err(f"supervise_all must be true or false; got {self.supervise_all!r}")
         d, h, w = self.volume_shape
@@ -205,7 +210,7 @@ def matched_volume_features(features: int, depth: int) -> int:
 
 
 VARIANT_NAMES = ("vrn-guided", "multistack", "old-residual", "image-only", "landmarks-only", "mask-only", "conv3d",
-                 "body-guided")
+                 "body-guided", "body-residual")
 VARIANTS: dict[str, VRNConfig] = {}
 
 
@@ -226,6 +231,9 @@ def _register_variants() -> None:
         # Ours (#13): the fitted Anny body as three more input planes (core.guide), so the network corrects a
         # body instead of guessing limbs and depth from pixels (PaMIR / ICON's idea, after the paper's Guided).
         "body-guided": {**ms, "inputs": ("image", "landmarks", "mask", "body")},
+        # Ours (#13): body-guided whose logits are a correction added to the guide body's own occupancy
+        # (`BodyPrior`), so it starts from the fitted body instead of learning to draw it from three planes.
+        "body-residual": {**ms, "inputs": ("image", "landmarks", "mask", "body"), "body_prior": True},
     }
     assert tuple(specs) == VARIANT_NAMES
     for name, spec in specs.items():
@@ -371,6 +379,32 @@ class Refine(nn.Module):
         return logits + self.body(torch.cat([logits, x.to(logits.dtype)], dim=1))
 
 
+class BodyPrior(nn.Module):
+    """The guide body's occupancy as logits: a voxel counts as inside where its depth lies between the body's
+    front and back surface on its pixel's ray (`core.guide` planes, the last three input channels), softened
+    over about a voxel, times a learned gain. Added to every head's logits, so the network predicts what to
+    change about the body (clothing, hair, the fit's depth errors) rather than the body itself."""
+
+    def __init__(self, depth: int, gain: float = 4.0):
+        super().__init__()
+        self.depth = depth
+        self.gain = nn.Parameter(torch.tensor(float(gain)))
+        self.register_buffer("z", (torch.arange(depth, dtype=torch.float32) + 0.5).view(1, depth, 1, 1) / depth,
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        guide = x[:, -3:].float()
+        cover = guide[:, 2:3]
+        depths = guide[:, :2] * cover
+        if tuple(guide.shape[-2:]) != tuple(size):  # masked area mean: depths at the silhouette are not blurred
+            cover = F.interpolate(cover, size=size, mode="area")
+            depths = F.interpolate(depths, size=size, mode="area") / cover.clamp_min(1e-6)
+        front, back = depths[:, 0:1], depths[:, 1:2]
+        sharp = 2.0 * self.depth
+        occupancy = cover * torch.sigmoid((self.z - front) * sharp) * torch.sigmoid((back - self.z) * sharp)
+        return self.gain * occupancy
+
+
 class VRN(nn.Module):
     """forward(x (N, C, H_in, W_in)) -> [logits (N, D, H, W)] one per supervised stack; the last predicts."""
 
@@ -397,6 +431,7 @@ class VRN(nn.Module):
             str(s): Head(cfg.head if s == last else cfg.aux_head, body, cfg.features, d, cfg.norm, cells)
             for s in cfg.supervised_stacks})
         self.refine = Refine(cfg.in_channels, d, cfg.refine, cfg.norm) if cfg.refine else None
+        self.body_prior = BodyPrior(d) if cfg.body_prior else None
 
     def forward(self, x: torch.Tensor, final_only: bool = False) -> list[torch.Tensor]:
         """Logits of every supervised stack (or, with final_only, just the last stack's, skipping aux heads)."""
@@ -415,6 +450,9 @@ class VRN(nn.Module):
                 outs.append(self.heads[str(s)](y))
             if s < last:
                 x = x + self.merges[s](y)
+        if self.body_prior is not None:
+            prior = self.body_prior(inp, outs[-1].shape[-2:])
+            outs = [o + prior.to(o.dtype) for o in outs]
         if self.refine is not None:
             outs[-1] = self.refine(outs[-1], inp)
         return outs
