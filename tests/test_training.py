@@ -164,19 +164,20 @@ def test_best_depth_shift_iou_finds_the_offset():
 
 
 def test_table1_trains_each_variant_and_writes_the_table(tiny_dataset, tmp_path):
-    """Two variants, two epochs each; a second call keeps the finished runs and writes the same table."""
+    """Three variants (two of the paper's and ours, body-residual: not in the paper), two epochs each; a second
+    call keeps the finished runs and writes the same table."""
     from train.table1 import main as table1
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nwritten by a person\n")
-    argv = ["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--variants", "vrn-guided,mask-only",
+    argv = ["--data", str(tiny_dataset), "--out", str(tmp_path / "runs"), "--variants", "vrn-guided,mask-only,body-residual",
             "--epochs", "2", "--features", "8", "--volume", "32x64x64", "--norm", "group", "--batch-size", "2",
             "--optimizer", "adam", "--lr", "3e-3", "--workers", "0", "--threads", "1", "--write", str(results)]
     assert table1(argv) == 0
     text = results.read_text()
     assert "written by a person" in text
-    rows = [line for line in text.splitlines() if line.startswith("| vrn-guided") or line.startswith("| mask-only")]
-    assert len(rows) == 2
+    rows = [line for line in text.splitlines() if line.startswith(("| vrn-guided", "| mask-only", "| body-residual"))]
+    assert len(rows) == 3 and rows[2].endswith("|  -  |  -  |")
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         val_half, val_final, test = float(cells[1]), float(cells[2]), float(cells[3].split()[0])

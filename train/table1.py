@@ -56,7 +56,7 @@ def table_rows(args, names) -> list[dict]:
         half = math.ceil(args.epochs / 2)
         test = evaluate_model(model, args.data, "test", surface=False, device=args.device)
         rows.append({"variant": name, "val_half": by_epoch.get(half), "val_final": by_epoch.get(args.epochs),
-                     "test_iou": test["iou_mean"], "test_samples": test["samples"], "paper": PAPER[name]})
+                     "test_iou": test["iou_mean"], "test_samples": test["samples"], "paper": PAPER.get(name)})
     return rows
 
 
@@ -69,8 +69,10 @@ def markdown(args, rows, command: str) -> list[str]:
              "paper @ 30 | paper @ 60 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        paper = r["paper"] or (None, None)  # ours (body-guided, body-residual): not in the paper
+        paper = [" - " if v is None else f"{v / 100:.3f}" for v in paper]
         lines.append(f"| {r['variant']} | {fmt(r['val_half'])} | {fmt(r['val_final'])} | {r['test_iou']:.3f} "
-                     f"({r['test_samples']}) | {r['paper'][0] / 100:.3f} | {r['paper'][1] / 100:.3f} |")
+                     f"({r['test_samples']}) | {paper[0]} | {paper[1]} |")
     return lines
 
 
