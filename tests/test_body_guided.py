@@ -69,17 +69,19 @@ def test_inference_gives_a_guided_model_the_fitted_body(guided_model, person_pho
     from core.checkpoint import load_model
     from core.detect import detect_person
     from core.image_io import load_image
-    from core.reconstruct import _crop_inputs, vrn_inputs
+    from core.reconstruct import _crop_inputs, fitted_body, vrn_inputs
 
     loaded = load_model(guided_model, device="cpu")
     rgb = load_image(person_photo)
     det = detect_person(rgb)
     crops = _crop_inputs(rgb, det, loaded)
-    stages, warnings = [], []
-    x = vrn_inputs(rgb, det, loaded, crops, "default", torch.device("cpu"), warnings, stages.append, None)
+    warnings = []
+    body = fitted_body(rgb, det, loaded, crops[0], load_model("hmnet-default", device="cpu"), torch.device("cpu"),
+                       warnings)
+    x = vrn_inputs(loaded, crops, body)
     start = sum(INPUT_CHANNELS[k] for k in ("image", "landmarks", "mask"))
     cover, person = x[start + 2] > 0.5, crops[2] > 0.5
-    assert "fit" in stages and not warnings
+    assert body.fitted is not None and not warnings
     assert (cover & person).sum() / (cover | person).sum() > 0.7
 
 
