@@ -2,11 +2,15 @@
 
 Three methods (`core.registry.METHODS`) share everything up to the detection:
 
-* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`). `rig=True`
-  rigs it from the fitted body (`fit_person`, initialised by the HumanMeshNet model `rig_model`; that
-  model's own body when the fit cannot run, with a warning): the body is mapped into the VRN volume, aligned
-  to the surface (trimesh ICP with scale), carries Anny's rig, and its skin weights go to the surface
-  (`core.rig.transfer_skin_weights`).
+* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`). A fitted body
+  (`fitted_body`: `fit_person`, initialised by the HumanMeshNet model `rig_model`; that model's own body when
+  the fit cannot run, with a warning) is made ONCE, before the network, when the model is body-guided (config
+  inputs include "body": the body's guide planes are part of its input, `core.guide`) or `rig=True`, and
+  serves everything after: it is placed on the surface (`place_body`: trimesh ICP with scale), gives the
+  surface its hands and feet (`core.extremities`, unless body_parts=False, CLI --raw-surface: a volume at
+  64^3-128^3 cannot resolve fingers and toes) and, with `rig=True`, Anny's rig, whose skin weights go to the
+  surface, the added hands and feet included (`rig_from_body`, `core.rig.transfer_skin_weights`).
+  `Result.body` is the placed body.
 * "hmnet": the network gives Anny's template vertices and joints in the volume frame; the mesh has Anny's
   topology and always comes with Anny's rig placed on the predicted body (`core.rig.rig_for_body`).
 * "fit": Anny's body fitted to the detected landmarks and mask (`core.bodyfit`), starting from the
