@@ -95,3 +95,36 @@ def test_guided_evaluation_fits_every_sample(guided_model, guided_data):
         summary = evaluate.evaluate_model(str(guided_model), [str(guided_data)], surface=False, device="cpu")
     assert summary["samples"] == 4 and fitted.call_count == 4
     assert 0.0 <= summary["iou_mean"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def guided_model_low_level(guided_model, tmp_path_factory):
+    """The one-epoch guided model with a low surface level: its probabilities stay under 0.5 (at most about 0.3
+    on the test photo), so at the usual 0.5 it has no surface at all. Returns the model's stem."""
+    out = tmp_path_factory.mktemp("guided_low") / "model"
+    doc = json.loads(guided_model.read_text())
+    doc["inference"] = {"iso_level": 0.2, "chosen_on": "test: a one-epoch model"}
+    out.with_suffix(".json").write_text(json.dumps(doc))
+    shutil.copy(guided_model.with_suffix(".safetensors"), out.with_suffix(".safetensors"))
+    return out
+
+
+def test_guided_reconstruction_fits_once_for_guide_hands_feet_and_rig(guided_model_low_level, person_photo,
+                                                                     monkeypatch):
+    """#13: the body fitted for a guided model's input also gives the surface its hands, feet and rig (no second
+    fit), and the surface passes within 2 cm of each of its fingertips and toe tips; body_parts=False (CLI
+    --raw-surface) keeps the volume's own watertight surface."""
+    import core.reconstruct as reconstruct_module
+    from test_extremities import tip_distances
+
+    fits = []
+    real_fit = reconstruct_module.fit_person
+    monkeypatch.setattr(reconstruct_module, "fit_person", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    model = str(guided_model_low_level)
+    result = reconstruct_module.reconstruct(person_photo, model=model, method="vrn", rig=True, device="cpu")
+    assert len(fits) == 1 and result.rig is not None and result.body.fitted is not None
+    assert tip_distances(result.mesh, result.rig).max() < 0.02
+    assert len(result.rig.skin_index) == len(result.mesh.vertices) == len(result.uv)
+
+    raw = reconstruct_module.reconstruct(person_photo, model=model, method="vrn", body_parts=False, device="cpu")
+    assert len(fits) == 2 and raw.body is None and raw.rig is None and raw.mesh.is_watertight

