@@ -57,6 +57,7 @@ def make_request(context) -> dict:
         "smoothing": int(props.smoothing),
         "face_budget": int(props.face_budget) or None,
         "rig": bool(props.add_armature) and props.method == "vrn",  # the other methods always rig
+        "body_parts": bool(props.body_parts),  # VRN only: hands and feet from the fitted body
         "output": str(jobs.new_output_path(photo)),
         "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
     }

