@@ -380,19 +380,25 @@ class Refine(nn.Module):
 
 
 class BodyPrior(nn.Module):
-    """The guide body's occupancy as logits: a voxel counts as inside where its depth lies between the body's
-    front and back surface on its pixel's ray (`core.guide` planes, the last three input channels), softened
-    over about a voxel, times a learned gain. Added to every head's logits, so the network predicts what to
-    change about the body (clothing, hair, the fit's depth errors) rather than the body itself."""
+    """What the inputs already say about occupancy, as logits added to every head's (variant "body-residual").
 
-    def __init__(self, depth: int, gain: float = 4.0):
+    The guide body (`core.guide` planes, the last three input channels): a voxel is inside where its depth lies
+    between the body's front and back surface on its pixel's ray, softened over about a voxel, times a learned
+    gain. The person mask, when it is an input: a voxel whose pixel is off the mask is outside (the front
+    view's visual hull), a learned penalty (gain times 1 - mask), soft because the mask is a detector's. The
+    network then predicts what to change about the fitted body (clothing, hair, the fit's depth errors) rather
+    than drawing the body, and does not have to learn that the photo's background is empty."""
+
+    def __init__(self, depth: int, mask_channel: int | None = None, gain: float = 4.0, hull: float = 4.0):
         super().__init__()
-        self.depth = depth
+        self.depth, self.mask_channel = depth, mask_channel
         self.gain = nn.Parameter(torch.tensor(float(gain)))
+        self.hull = nn.Parameter(torch.tensor(float(hull))) if mask_channel is not None else None
         self.register_buffer("z", (torch.arange(depth, dtype=torch.float32) + 0.5).view(1, depth, 1, 1) / depth,
                              persistent=False)
 
-    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+    def occupancy(self, x: torch.Tensor, size) -> torch.Tensor:
+        """The guide body's soft occupancy (N, D, H, W) in [0, 1] at the volume's H x W."""
         guide = x[:, -3:].float()
         cover = guide[:, 2:3]
         depths = guide[:, :2] * cover
@@ -401,8 +407,16 @@ class BodyPrior(nn.Module):
             depths = F.interpolate(depths, size=size, mode="area") / cover.clamp_min(1e-6)
         front, back = depths[:, 0:1], depths[:, 1:2]
         sharp = 2.0 * self.depth
-        occupancy = cover * torch.sigmoid((self.z - front) * sharp) * torch.sigmoid((back - self.z) * sharp)
-        return self.gain * occupancy
+        return cover * torch.sigmoid((self.z - front) * sharp) * torch.sigmoid((back - self.z) * sharp)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        prior = self.gain * self.occupancy(x, size)
+        if self.hull is not None:
+            mask = x[:, self.mask_channel:self.mask_channel + 1].float()
+            if tuple(mask.shape[-2:]) != tuple(size):
+                mask = F.interpolate(mask, size=size, mode="area")
+            prior = prior - self.hull * (1.0 - mask)
+        return prior
 
 
 class VRN(nn.Module):
@@ -431,7 +445,7 @@ class VRN(nn.Module):
             str(s): Head(cfg.head if s == last else cfg.aux_head, body, cfg.features, d, cfg.norm, cells)
             for s in cfg.supervised_stacks})
         self.refine = Refine(cfg.in_channels, d, cfg.refine, cfg.norm) if cfg.refine else None
-        self.body_prior = BodyPrior(d) if cfg.body_prior else None
+        self.body_prior = BodyPrior(d, _channel_of(cfg.inputs, "mask")) if cfg.body_prior else None
 
     def forward(self, x: torch.Tensor, final_only: bool = False) -> list[torch.Tensor]:
         """Logits of every supervised stack (or, with final_only, just the last stack's, skipping aux heads)."""
@@ -471,6 +485,14 @@ class VRN(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Occupancy probabilities (N, D, H, W) of the final stack."""
         return torch.sigmoid(self.forward(x, final_only=True)[-1])
+
+
+def _channel_of(inputs, name: str) -> int | None:
+    """The first input channel of `name` in the encoded input (core.encode's fixed order), or None."""
+    if name not in inputs:
+        return None
+    return sum(INPUT_CHANNELS[n] for n in INPUT_CHANNELS if n in inputs and list(INPUT_CHANNELS).index(n)
+               < list(INPUT_CHANNELS).index(name))
 
 
 def build_vrn(config: VRNConfig) -> VRN:
