@@ -56,7 +56,6 @@ class Stage:
     lr: float
     free: tuple  # which parameter groups move
     weights: dict
-    group_lr: dict = field(default_factory=dict)  # a group's own learning rate, where it differs from lr
 
 
 # Weights chosen on the first 16 held-out renders (train.evaluate_fit; docs/RESULTS.md): the world-landmark
@@ -308,8 +307,8 @@ GROUPS = {"camera": ("log_scale", "trans"), "global": ("global",), "pose": ("pos
 def _run_stage(problem: _Problem, v: dict, stage: Stage, history: list, patience: int = 12,
                tol: float = 1e-4, cancel=None, priors: dict | None = None) -> float:
     names = [k for g in stage.free for k in GROUPS[g]]
-    opt = torch.optim.Adam([{"params": [v[k] for k in GROUPS[g]], "lr": stage.group_lr.get(g, stage.lr)}
-                            for g in stage.free])
+    free = [v[k] for k in names]
+    opt = torch.optim.Adam(free, lr=stage.lr)
     best, since = float("inf"), 0
     for step in range(stage.steps):
         if cancel is not None and cancel.is_set():
