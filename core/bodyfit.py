@@ -275,7 +275,7 @@ def camera_elevation_prior(global_rotation: torch.Tensor) -> torch.Tensor:
     """Squared standard deviations of the camera's elevation from CAMERA_ELEVATION_DEG: a camera above the
     person tilts the body's up axis towards it (volume z grows away from the camera)."""
     up = ANNY_TO_VOX @ rotvec_to_matrix(global_rotation)[:, 2]
-    elevation = -torch.asin(up[2].clamp(-1.0, 1.0))
+    elevation = -torch.asin(up[2].clamp(-1 + 1e-9, 1 - 1e-9))  # finite gradient everywhere
     mean, std = (np.radians(x) for x in CAMERA_ELEVATION_DEG)
     return ((elevation - mean) / std) ** 2
 
