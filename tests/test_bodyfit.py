@@ -205,3 +205,37 @@ def test_rotation_has_a_gradient_at_rest():
     x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     rotvec_to_matrix(x)[1, 0].backward()  # d R / d rv at rest is the cross-product matrix: R[1, 0] = rv_z
     np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0, 1.0], atol=1e-12)
+
+
+def test_camera_elevation_prior_prefers_a_camera_slightly_above():
+    """A camera above the person sees the head nearer than the feet: the prior is least for that tilt
+    (CAMERA_ELEVATION_DEG's mean), and a camera below the person costs more than one level with them."""
+    import torch
+
+    from core.body_model import rotvec_to_matrix
+    from core.bodyfit import ANNY_TO_VOX, CAMERA_ELEVATION_DEG, camera_elevation_prior
+
+    def tilt(deg):  # the body turned about its left-right axis
+        return torch.tensor([np.radians(deg), 0.0, 0.0], dtype=torch.float64)
+
+    mean = CAMERA_ELEVATION_DEG[0]
+    best = min((-mean, mean), key=lambda d: float(camera_elevation_prior(tilt(d))))
+    assert float(camera_elevation_prior(tilt(best))) < 1e-12
+    head = ANNY_TO_VOX @ rotvec_to_matrix(tilt(best)) @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    assert float(head[2]) < 0  # the head is nearer the camera than the body's centre
+    below = float(camera_elevation_prior(tilt(-best)))
+    assert below > float(camera_elevation_prior(tilt(0.0))) > 0
+
+
+def test_fit_starts_from_anny_mean_phenotype(posed_front):
+    """Without a given phenotype the start is anny's mean person, not the middle of every range (0.5 made the
+    fits 0.2 too young and too tall: the fit barely moves the phenotype)."""
+    from core.body_model import load_body_model
+    from core.bodyfit import evidence_from_detection, initial_params
+    from core.crop import crop_box_from_mask
+    from core.detect import detect_person
+
+    det = detect_person(posed_front["rgb"])
+    ev = evidence_from_detection(det, crop_box_from_mask(det.mask, aspect_wh=1.0), (128, 128, 128))
+    start = initial_params(ev)
+    np.testing.assert_allclose(start.phenotype, load_body_model().phenotype_mean.numpy())

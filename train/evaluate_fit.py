@@ -10,8 +10,9 @@ sample's volume frame against the true body's volume, both aligned by their cent
 `IOU_SHAPE` with `train.dataset.target_volume` (the same rule as `train.evaluate`).
 
 Ablations (model names): `fit` (everything), `fit-no-silhouette`, `fit-no-directions` (no world-landmark
-bone directions), `fit-no-pose-prior` (no mixture prior and joint limits), `fit-no-shape` (phenotype kept
-at the mean), `fit-rest-init` (start from Anny's rest pose instead of HumanMeshNet).
+bone directions), `fit-no-pose-prior` (no mixture prior and joint limits), `fit-no-elevation` (no prior on the
+camera's elevation), `fit-no-shape` (phenotype kept at the mean), `fit-rest-init` (start from Anny's rest pose
+instead of HumanMeshNet).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from train.samples import read_sample
 
 IOU_SHAPE = (64, 64, 64)
 UPSCALE = 4  # the 128 px render is shown to mediapipe at 512 px, like a photo
-ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-pose-prior", "fit-no-shape", "fit-rest-init")
+ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-pose-prior", "fit-no-elevation", "fit-no-shape",
+             "fit-rest-init")
 
 
 def is_fit_model(name) -> bool:
@@ -52,6 +54,8 @@ def variant(name: str) -> tuple[tuple, dict, bool]:
         stages = without("directions")
     elif name == "fit-no-pose-prior":
         priors.update(pose_prior=0.0, limits=0.0)
+    elif name == "fit-no-elevation":
+        priors.update(elevation=0.0)
     elif name == "fit-no-shape":
         stages = [s for s in stages if s.name != "shape"]
     return tuple(stages), priors, name != "fit-rest-init"
