@@ -65,7 +65,7 @@ NETWORKS: dict[str, NetworkKind] = {
 }
 
 METHODS: dict[str, Method] = {
-    "vrn": Method("vrn", "vrn", "vrn-default"),
+    "vrn": Method("vrn", "vrn", "vrn-body-residual"),
     "hmnet": Method("hmnet", "hmnet", "hmnet-default"),
     "fit": Method("fit", "hmnet", "hmnet-default", runs_without_model=True),
 }
