@@ -17,6 +17,13 @@ from core.geometry import rasterise
 GUIDE_CHANNELS = ("body_front", "body_back", "body_cover")
 
 
+def depth_centring(vertices_vox, depth: int) -> float:
+    """The depth shift (voxels) that puts a body's vertex mean at D/2: the one anchor of guide bodies (the fit
+    at inference and evaluation, perturbed true bodies in training), also where a fitted body starts its
+    alignment to a VRN surface (`core.reconstruct.fitted_body`)."""
+    return depth / 2.0 - float(np.mean(np.asarray(vertices_vox)[:, 2]))
+
+
 def body_guide(vertices_vox, faces, volume_shape, input_hw, centre_depth: bool = True) -> np.ndarray:
     """(3, H, W) float32 at the network's input size from a body in the volume frame (x right and y down in
     [0, W] / [0, H] of the volume, z depth in [0, D]): front depth / D, back depth / D (both 0 off the body)
@@ -26,7 +33,7 @@ def body_guide(vertices_vox, faces, volume_shape, input_hw, centre_depth: bool =
     ih, iw = (int(x) for x in input_hw)
     v = np.array(vertices_vox, np.float64)
     if centre_depth:
-        v[:, 2] += d / 2.0 - v[:, 2].mean()
+        v[:, 2] += depth_centring(v, d)
     uv = v[:, :2] * np.array([iw / w, ih / h])
     depth = v[:, 2] / d
     face, front = rasterise(uv, depth, faces, (ih, iw))

@@ -436,7 +436,7 @@ def vrn_inputs(loaded: LoadedModel, crops, body: FittedBody | None) -> np.ndarra
 def fitted_body(rgb, det, loaded: LoadedModel, box: CropBox, initialiser: LoadedModel | None, device,
                 warnings: list, cancel=None) -> FittedBody:
     """The body fitted to the photo (`fit_person`) in a VRN model's volume frame, its depth anchored as the
-    guide's (vertex mean at D/2, `core.guide.body_guide`). When the fit cannot run, HumanMeshNet's own body
+    guide's (`core.guide.depth_centring`). When the fit cannot run, HumanMeshNet's own body
     (`initialiser`) stands in, with a warning; without an initialiser the fit's error stands."""
     shape = tuple(loaded.config.volume_shape)
     try:
@@ -451,8 +451,10 @@ def fitted_body(rgb, det, loaded: LoadedModel, box: CropBox, initialiser: Loaded
         fitted, (fit_box, i_rgb, i_mask, i_lm) = None, _crop_inputs(rgb, det, initialiser)
         verts, joints = predict_body(initialiser, i_rgb, i_mask, i_lm, device)
         fit_shape = tuple(initialiser.config.volume_shape)
+    from core.guide import depth_centring
+
     verts, joints = (_between_volumes(p, fit_box, fit_shape, box, shape) for p in (verts, joints))
-    shift = shape[0] / 2.0 - verts[:, 2].mean()
+    shift = depth_centring(verts, shape[0])
     verts[:, 2] += shift
     joints[:, 2] += shift
     return FittedBody(verts, joints, fitted)

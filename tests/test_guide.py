@@ -57,6 +57,6 @@ def test_body_prior_is_the_voxelised_body():
     guide = body_guide(vertices, faces, SHAPE, (128, 128), centre_depth=False)
     x = torch.cat([torch.zeros(1, 4, 128, 128), torch.from_numpy(guide)[None]], dim=1)
     with torch.no_grad():
-        occupancy = BodyPrior(SHAPE[0]).occupancy(x, SHAPE[1:])[0].numpy() > 0.5
+        occupancy = BodyPrior(SHAPE[0], body_channel=4).occupancy(x, SHAPE[1:])[0].numpy() > 0.5
     truth = voxelise(vertices, faces, SHAPE)
     assert (occupancy & truth).sum() / (occupancy | truth).sum() > 0.85

@@ -209,10 +209,11 @@ def test_body_residual_starts_from_the_body_inside_the_mask():
     net = build_vrn(cfg)
     assert tuple(net(torch.zeros(1, cfg.in_channels, 32, 32))[-1].shape) == (1, *CUBE)
     assert _channel_of(cfg.inputs, "mask") == 19 and net.body_prior.mask_channel == 19
+    assert _channel_of(cfg.inputs, "body") == 20 == net.body_prior.body_channel and _channel_of(("image",), "mask") is None
     x = torch.zeros(1, cfg.in_channels, 16, 16)  # at 16 x 16 the prior alone
     x[:, -3:, 4:12, 6:10] = torch.tensor([0.25, 0.75, 1.0]).view(1, 3, 1, 1)  # a box 8 deep, mid-volume
     x[:, 19, :, :8] = 1.0  # the mask covers the left half only
-    prior = BodyPrior(16, 19)(x, (16, 16))[0]
+    prior = BodyPrior(16, 20, 19)(x, (16, 16))[0]
     inside, hidden, off = prior[8, 8, 7], prior[8, 8, 9], prior[8, 2, 12]
     assert inside > 3.5 and abs(hidden) < 0.5 and off < -3.5  # body and mask / body off the mask / neither
     assert prior[1, 8, 7] < 0.5 < inside  # in front of the body's front surface

@@ -382,16 +382,17 @@ class Refine(nn.Module):
 class BodyPrior(nn.Module):
     """What the inputs already say about occupancy, as logits added to every head's (variant "body-residual").
 
-    The guide body (`core.guide` planes, the last three input channels): a voxel is inside where its depth lies
+    The guide body (`core.guide` planes, from input channel `body_channel`): a voxel is inside where its depth lies
     between the body's front and back surface on its pixel's ray, softened over about a voxel, times a learned
     gain. The person mask, when it is an input: a voxel whose pixel is off the mask is outside (the front
     view's visual hull), a learned penalty (gain times 1 - mask), soft because the mask is a detector's. The
     network then predicts what to change about the fitted body (clothing, hair, the fit's depth errors) rather
     than drawing the body, and does not have to learn that the photo's background is empty."""
 
-    def __init__(self, depth: int, mask_channel: int | None = None, gain: float = 4.0, hull: float = 4.0):
+    def __init__(self, depth: int, body_channel: int, mask_channel: int | None = None, gain: float = 4.0,
+                 hull: float = 4.0):
         super().__init__()
-        self.depth, self.mask_channel = depth, mask_channel
+        self.depth, self.body_channel, self.mask_channel = depth, body_channel, mask_channel
         self.gain = nn.Parameter(torch.tensor(float(gain)))
         self.hull = nn.Parameter(torch.tensor(float(hull))) if mask_channel is not None else None
         self.register_buffer("z", (torch.arange(depth, dtype=torch.float32) + 0.5).view(1, depth, 1, 1) / depth,
@@ -399,7 +400,7 @@ class BodyPrior(nn.Module):
 
     def occupancy(self, x: torch.Tensor, size) -> torch.Tensor:
         """The guide body's soft occupancy (N, D, H, W) in [0, 1] at the volume's H x W."""
-        guide = x[:, -3:].float()
+        guide = x[:, self.body_channel:self.body_channel + 3].float()
         cover = guide[:, 2:3]
         depths = guide[:, :2] * cover
         if tuple(guide.shape[-2:]) != tuple(size):  # masked area mean: depths at the silhouette are not blurred
@@ -445,7 +446,8 @@ class VRN(nn.Module):
             str(s): Head(cfg.head if s == last else cfg.aux_head, body, cfg.features, d, cfg.norm, cells)
             for s in cfg.supervised_stacks})
         self.refine = Refine(cfg.in_channels, d, cfg.refine, cfg.norm) if cfg.refine else None
-        self.body_prior = BodyPrior(d, _channel_of(cfg.inputs, "mask")) if cfg.body_prior else None
+        self.body_prior = (BodyPrior(d, _channel_of(cfg.inputs, "body"), _channel_of(cfg.inputs, "mask"))
+                           if cfg.body_prior else None)
 
     def forward(self, x: torch.Tensor, final_only: bool = False) -> list[torch.Tensor]:
         """Logits of every supervised stack (or, with final_only, just the last stack's, skipping aux heads)."""
@@ -489,10 +491,12 @@ class VRN(nn.Module):
 
 def _channel_of(inputs, name: str) -> int | None:
     """The first input channel of `name` in the encoded input (core.encode's fixed order), or None."""
-    if name not in inputs:
-        return None
-    return sum(INPUT_CHANNELS[n] for n in INPUT_CHANNELS if n in inputs and list(INPUT_CHANNELS).index(n)
-               < list(INPUT_CHANNELS).index(name))
+    first = 0
+    for n, count in INPUT_CHANNELS.items():
+        if n == name:
+            return first if name in inputs else None
+        first += count if n in inputs else 0
+    return None
 
 
 def build_vrn(config: VRNConfig) -> VRN:
