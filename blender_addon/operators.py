@@ -58,6 +58,7 @@ def make_request(context) -> dict:
         "face_budget": int(props.face_budget) or None,
         "rig": bool(props.add_armature) and props.method == "vrn",  # the other methods always rig
         "body_parts": bool(props.body_parts),  # VRN only: hands and feet from the fitted body
+        "match_mask": bool(props.match_mask),  # VRN only: the volume keeps to the person mask
         "output": str(jobs.new_output_path(photo)),
         "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
     }

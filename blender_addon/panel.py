@@ -63,6 +63,7 @@ class MONOHUMAN_PT_main(bpy.types.Panel):
         box.prop(props, "add_armature")
         if props.method == "vrn":
             box.prop(props, "body_parts")
+            box.prop(props, "match_mask")
         box.prop(props, "show_landmarks")
         if hasattr(prefs, "bl_rna"):  # the real preferences (not the defaults stand-in)
             box.prop(prefs, "device")

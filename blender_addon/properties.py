@@ -61,6 +61,10 @@ class MonohumanProperties(bpy.types.PropertyGroup):
     body_parts: BoolProperty(name="Hands and Feet from the Body", default=True,
                              description="VRN: the fitted body's hands and feet replace the surface's (a volume "
                                          "cannot resolve fingers and toes); off keeps the raw volume surface")
+    match_mask: BoolProperty(name="Match the Photo's Outline", default=True,
+                             description="VRN: where the person mask shows the person, the surface takes what "
+                                         "the network saw there even faintly, and nothing off the mask; off "
+                                         "keeps the network's own outline")
     show_landmarks: BoolProperty(name="Show Landmarks", default=False,
                                  description="Load the photo with the detected landmarks drawn as an image "
                                              "(shown in any open Image Editor)")

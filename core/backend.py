@@ -10,6 +10,7 @@ environment that has them (the project's `.venv`). The protocol is deliberately 
        "face_budget": null | int, "output": "/path/result.npz",
        "rig": false, "rig_model": "default",          # optional: rig a VRN surface with this HMNet model
        "body_parts": true,                            # optional: a VRN surface's hands, feet from the fitted body
+       "match_mask": true,                            # optional: a VRN volume keeps to the person mask
        "model_dirs": ["/extra/models", ...]}          # optional: searched before the default dirs
 
 * stdout: JSON lines ``{"stage": "detect", "fraction": 0.15}`` while it works, then exactly one final
@@ -217,7 +218,8 @@ def run_request(request: dict, progress: Progress | None = None,
     result = reconstruct(rgb, model=model, method=req["method"], device=req["device"],
                          subject_height=req["subject_height"], smoothing=req["smoothing"],
                          face_budget=req["face_budget"], rig=req["rig"], rig_model=rig_model,
-                         body_parts=req["body_parts"], progress=progress, cancel=cancel)
+                         body_parts=req["body_parts"], match_mask=req["match_mask"],
+                         progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise _cancelled_error()
 

@@ -87,7 +87,7 @@ def cmd_reconstruct(args) -> int:
     result = reconstruct(args.photo, model=args.model, method=args.method, device=args.device,
                          subject_height=args.height, smoothing=args.smoothing, face_budget=args.faces,
                          rig=args.rig, rig_model=args.rig_model, init=args.init, refine=not args.no_refine,
-                         body_parts=not args.raw_surface,
+                         body_parts=not args.raw_surface, match_mask=not args.raw_surface,
                          progress=None if args.quiet else _progress_bar())
     if result.rig is not None and out.suffix.lower() != ".glb":
         result.warnings.append(f"{out.suffix} files cannot carry the rig; write a .glb to keep it.")
@@ -177,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vrn: rig the surface from the fitted body (fit and hmnet are always rigged); "
                           "the .glb then carries the armature and skin weights")
     rec.add_argument("--raw-surface", action="store_true",
-                     help="vrn: keep the volume's own hands and feet (by default a fitted body, made for a "
-                          "body-guided model or --rig, gives them)")
+                     help="vrn: the network's own surface: its own hands and feet (by default a fitted body, made "
+                          "for a body-guided model or --rig, gives them) and its own outline (by default the "
+                          "volume keeps to the person mask, core.silhouette)")
     rec.add_argument("--rig-model", default="default",
                      help="HumanMeshNet model that starts the fit for --rig (default: shipped)")
     rec.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

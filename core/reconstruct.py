@@ -47,6 +47,7 @@ from core.frame import apply_transform, metric_transform
 from core.image_io import load_image
 from core.models import find_model
 from core.rig import Rig, rig_for_body, transfer_skin_weights
+from core.silhouette import agree_with_mask
 from core.surface import extract_surface, surface_to_metric
 
 # Each method's default model (deprecated view of core.registry.METHODS: train/evaluate.py still reads it).
@@ -319,7 +320,7 @@ def rest_rig(fitted, vox_to_metric: np.ndarray, subject_height: float):
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
                 rig: bool = False, rig_model="default", init=None, refine: bool = True, body_parts: bool = True,
-                progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
+                match_mask: bool = True, progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
     """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame.
 
     method "vrn" (detailed surface), "hmnet" (Anny's body, always rigged) or "fit" (Anny's body fitted to the
@@ -328,7 +329,8 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     refine=False takes them as they are). `rig=True` rigs a VRN surface from the fitted body (the HMNet model
     `rig_model` initialises it; when the default one is missing the surface comes unrigged, with a warning; a
     named one that is missing is an error). When a VRN surface has a fitted body (a body-guided model, or
-    rig=True) its hands and feet are the body's; body_parts=False keeps the volume's own."""
+    rig=True) its hands and feet are the body's; body_parts=False keeps the volume's own. match_mask: a VRN
+    volume keeps to the person mask (`core.silhouette`; False keeps the network's own)."""
     from core.validate import reconstruct_options
 
     reconstruct_options(subject_height, smoothing, face_budget)  # ArgumentError naming the bad one
@@ -358,7 +360,7 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
             loaded, *crops[1:], torch_device, subject_height, stage)
     else:
         volume, mesh, verts_vox, vox_to_metric, body, body_rig = _vrn_result(
-            rgb, det, loaded, crops, (rigger, rig_model), (smoothing, face_budget, subject_height, body_parts),
+            rgb, det, loaded, crops, (rigger, rig_model), (smoothing, face_budget, subject_height, body_parts, match_mask),
             torch_device, warnings, stage, cancel)
         joints = None if body_rig is None else body_rig.heads
 
@@ -378,7 +380,7 @@ def _vrn_result(rgb, det, loaded, crops, riggers, options, device, warnings, sta
     or None, rig or None). The body is fitted once, before the network: a body-guided model sees it, and the
     surface takes its hands, feet (options' body_parts) and rig (when `rigger` is given) from it.
     riggers: (rigger: the loaded HMNet model or None, rig_model: the name the guide's fit starts from without
-    one); options: (smoothing, face_budget, subject_height, body_parts)."""
+    one); options: (smoothing, face_budget, subject_height, body_parts, match_mask)."""
     rigger, rig_model = riggers
     body_parts = options[3]
     body = None
@@ -387,8 +389,9 @@ def _vrn_result(rgb, det, loaded, crops, riggers, options, device, warnings, sta
         initialiser = rigger if rigger is not None else _guide_initialiser(rig_model, device, warnings)
         body = fitted_body(rgb, det, loaded, crops[0], initialiser, device, warnings, cancel)
     stage("encode")
+    mask = crops[2] if options[4] else None
     volume, mesh, verts_vox, vox_to_metric = _vrn_surface(loaded, vrn_inputs(loaded, crops, body), device,
-                                                          options[:3], stage)
+                                                          options[:3], stage, mask)
     body_rig = None
     if body is not None and (body_parts or rigger is not None):
         stage("align")
@@ -404,12 +407,15 @@ def _vrn_result(rgb, det, loaded, crops, riggers, options, device, warnings, sta
     return volume, mesh, verts_vox, vox_to_metric, body, body_rig
 
 
-def _vrn_surface(loaded, inputs, device, options, stage):
+def _vrn_surface(loaded, inputs, device, options, stage, mask=None):
     """VRN's volume and its surface in the metric frame: (volume, mesh, vertices in the volume frame, 4x4
-    volume -> metric). options: (smoothing, face_budget, subject_height)."""
+    volume -> metric). options: (smoothing, face_budget, subject_height); mask: the crop's person mask the
+    volume is made to keep to (`core.silhouette`), or None."""
     smoothing, face_budget, subject_height = options
     stage("network")
     volume = predict_volume(loaded, inputs, device)
+    if mask is not None:
+        volume = agree_with_mask(volume, mask, surface_level(loaded))
     stage("surface")
     mesh_vox = extract_surface(volume, level=surface_level(loaded), smooth_iterations=smoothing,
                                face_budget=face_budget)

@@ -177,10 +177,11 @@ def validate_request(request) -> dict:
         "smoothing": lambda v: number("smoothing", v, integer=True, lo=0, hi=SMOOTHING_MAX),
         "face_budget": lambda v: number("face_budget", v, integer=True, lo=FACES_MIN, optional=True),
         "rig": lambda v: flag("rig", v), "body_parts": lambda v: flag("body_parts", v),
+        "match_mask": lambda v: flag("match_mask", v),
         "model_dirs": lambda v: [text("model_dirs[]", d) for d in _list("model_dirs", v)],
     }
     defaults = {"model": "default", "method": "fit", "device": "auto", "subject_height": 1.70, "smoothing": 10,
-                "face_budget": None, "rig": False, "rig_model": "default", "body_parts": True,
+                "face_budget": None, "rig": False, "rig_model": "default", "body_parts": True, "match_mask": True,
                 "model_dirs": []}
     for key in ("photo", "output"):
         if key not in request:

@@ -112,8 +112,12 @@ def guided_model_low_level(guided_model, tmp_path_factory):
 def test_guided_reconstruction_fits_once_for_guide_hands_feet_and_rig(guided_model_low_level, person_photo,
                                                                      monkeypatch):
     """#13: the body fitted for a guided model's input also gives the surface its hands, feet and rig (no second
-    fit), and the surface passes within 2 cm of each of its fingertips and toe tips; body_parts=False (CLI
-    --raw-surface) keeps the volume's own watertight surface."""
+    fit), and the surface passes within 2 cm of each of its fingertips and toe tips; the volume keeps to the
+    person mask (core.silhouette); body_parts=False and match_mask=False (CLI --raw-surface) keep the volume's
+    own watertight surface."""
+    from core.checkpoint import load_model
+    from core.crop import crop_image
+    from core.silhouette import mask_at
     import core.reconstruct as reconstruct_module
     from test_extremities import tip_distances
 
@@ -125,6 +129,12 @@ def test_guided_reconstruction_fits_once_for_guide_hands_feet_and_rig(guided_mod
     assert len(fits) == 1 and result.rig is not None and result.body.fitted is not None
     assert tip_distances(result.mesh, result.rig).max() < 0.02
     assert len(result.rig.skin_index) == len(result.mesh.vertices) == len(result.uv)
+    _, h, w = result.volume.shape
+    front = (result.volume > 0.2).any(0)
+    input_hw = tuple(load_model(model).config.input_size)  # the mask the network saw, as reconstruct crops it
+    on_mask = mask_at(crop_image(result.mask, result.crop_box, input_hw), (h, w))
+    assert front.any() and not (front & ~on_mask).any()
 
-    raw = reconstruct_module.reconstruct(person_photo, model=model, method="vrn", body_parts=False, device="cpu")
+    raw = reconstruct_module.reconstruct(person_photo, model=model, method="vrn", body_parts=False,
+                                         match_mask=False, device="cpu")
     assert len(fits) == 2 and raw.body is None and raw.rig is None and raw.mesh.is_watertight

@@ -27,6 +27,7 @@ from core.models import find_model
 from core.encode import encode
 from core.errors import MonohumanError
 from core.reconstruct import DEFAULT_MODELS, pick_device, predict_volume, surface_level
+from core.silhouette import agree_with_mask
 from core.surface import extract_surface
 from train.dataset import (DEPTH_ANCHORS, depth_anchor_shift, model_depth_anchor, pooling_factor, read_manifest,
                            target_volume, training_mask)
@@ -78,8 +79,10 @@ def fitted_guide(sample: dict, initialiser, device) -> np.ndarray:
 
 
 def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, surface: bool = True,
-                   device: str = "auto", depth_anchor: str | None = None) -> dict:
-    """Held-out figures of one model; targets aligned by `depth_anchor` (default: the model's own)."""
+                   device: str = "auto", depth_anchor: str | None = None, match_mask: bool = True) -> dict:
+    """Held-out figures of one model; targets aligned by `depth_anchor` (default: the model's own); the volume
+    keeps to the sample's (detected) person mask as inference does (`core.silhouette`) unless match_mask=False
+    (the network's own volume: how Table 1 compares networks)."""
     torch_device = pick_device(device)
     loaded = load_model(model_ref, device=str(torch_device))
     cfg = loaded.config
@@ -100,6 +103,8 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
         body = fitted_guide(sample, initialiser, torch_device) if initialiser is not None else None
         x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), cfg.inputs, body=body)
         prob = predict_volume(loaded, x, torch_device)
+        if match_mask:
+            prob = agree_with_mask(prob, training_mask(sample), surface_level(loaded))
         pred = prob > 0.5
         entry = {"file": row["file"], "iou": float(volume_iou(pred, target)),
                  "iou_at_model_level": float(volume_iou(prob > surface_level(loaded), target)),
@@ -116,7 +121,7 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
             entry.update(surface_distances_mm(pred_mesh, gt_mesh, samples=5000))
         per_sample.append(entry)
     summary = {"model": loaded.name, "variant": cfg.variant, "samples": len(per_sample), "split": split,
-               "level": surface_level(loaded), "depth_anchor": anchor}
+               "level": surface_level(loaded), "depth_anchor": anchor, "match_mask": match_mask}
     for key in ("iou", "iou_at_model_level", "iou_best_depth_shift", "silhouette_iou", "chamfer_mm", "p2s_mm"):
         values = [e[key] for e in per_sample if key in e]
         if values:
@@ -127,7 +132,8 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
     return summary
 
 
-def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384, device: str = "auto") -> dict:
+def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384, device: str = "auto",
+                    match_mask: bool = True) -> dict:
     """Silhouette agreement on photo-like renders (full frame, room background) through the whole pipeline.
 
     The front projection of the reconstructed volume is compared with mediapipe's person mask (what the user
@@ -146,13 +152,13 @@ def evaluate_photos(model_ref, count: int = 8, seed: int = 1000, size: int = 384
         for i in tqdm(range(count), desc="photos", file=sys.stderr):
             photo = Path(tmp) / f"photo{i}.png"
             truth = render_person_photo(photo, size=size, seed=seed + i, samples=16)
-            result = reconstruct(photo, model=loaded, method="vrn", device=device)
+            result = reconstruct(photo, model=loaded, method="vrn", device=device, match_mask=match_mask)
             front = (result.volume > surface_level(loaded)).any(axis=0)
             detected = crop_image(result.mask, result.crop_box, (h, w)) > 0.5
             true_mask = crop_image(truth["mask"].astype(np.float32), result.crop_box, (h, w)) > 0.5
             rows.append({"seed": seed + i, "vs_detected_mask": silhouette_iou(front[None], detected),
                          "vs_true_mask": silhouette_iou(front[None], true_mask)})
-    return {"model": loaded.name, "photos": count, "size": size, "first_seed": seed,
+    return {"model": loaded.name, "photos": count, "size": size, "first_seed": seed, "match_mask": match_mask,
             "vs_detected_mask_mean": float(np.mean([r["vs_detected_mask"] for r in rows])),
             "vs_true_mask_mean": float(np.mean([r["vs_true_mask"] for r in rows])), "per_photo": rows}
 
@@ -255,6 +261,8 @@ def _main(argv=None) -> int:
                         help="align the targets by this anchor (default: each model's own, see train/dataset.py)")
     parser.add_argument("--photos", type=int, default=0,
                         help="also reconstruct this many photo-like renders end to end (silhouette agreement)")
+    parser.add_argument("--raw-surface", action="store_true",
+                        help="the network's own volume, not kept to the person mask (core.silhouette)")
     args = parser.parse_args(argv)
     try:
         if all(model_method(m) == "hmnet" for m in args.model):
@@ -263,12 +271,13 @@ def _main(argv=None) -> int:
             job = MeshEvaluation(args.data, args.model, args.split, args.limit, args.device, args.write, args.json)
             return evaluate_meshes(job, command_of(argv))
         summaries = [evaluate_model(m, args.data, args.split, args.limit, not args.no_surface, args.device,
-                                    args.depth_anchor) for m in args.model]
+                                    args.depth_anchor, not args.raw_surface) for m in args.model]
     except MonohumanError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print(results_table(summaries))
-    photos = [evaluate_photos(m, args.photos, device=args.device) for m in args.model] if args.photos else []
+    photos = ([evaluate_photos(m, args.photos, device=args.device, match_mask=not args.raw_surface)
+               for m in args.model] if args.photos else [])
     for p in photos:
         print(f"{p['model']}: silhouette IoU on {p['photos']} photo-like renders: "
               f"{p['vs_detected_mask_mean']:.3f} against mediapipe's mask, {p['vs_true_mask_mean']:.3f} against the "

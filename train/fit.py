@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit); for tests and smoke runs
     resume: bool = False
+    init: str = ""  # start a new run from this model's weights (a model name, .json or run/model)
     export: str = ""  # also write the final inference model to this stem (e.g. models/vrn-default)
     name: str = ""  # model name recorded in its JSON; default: the run folder's name
 

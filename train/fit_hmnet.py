@@ -74,6 +74,7 @@ class HMNetTrainConfig:
     device: str = "auto"
     max_steps: int = 0
     resume: bool = False
+    init: str = ""  # start a new run from this model's weights (a model name, .json or run/model)
     export: str = ""
     name: str = ""
     build_template: bool = False  # build models/anny-template.npz from anny + the --data samples, then exit

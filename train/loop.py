@@ -284,6 +284,18 @@ class Run:
     history: list = dataclasses.field(default_factory=list)  # one row per finished epoch
 
 
+def start_from(model: torch.nn.Module, init: str) -> None:
+    """--init: a new run (its own schedule, epoch 1) that starts from a trained model's weights, for
+    fine-tuning or for training longer than a finished run's schedule allowed."""
+    from core.checkpoint import load_model
+    loaded = load_model(init)
+    try:
+        model.load_state_dict(loaded.network.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise DataError(f"--init {init} does not fit this run's network ({str(err).splitlines()[0]}).",
+                        "Train with the same variant, width, stacks and norm as that model.") from None
+
+
 def resumed(meta: dict) -> Run:
     """The Run saved in a state file; states written before the shared loop kept VRN's loss sum as `loss_sum`
     and HMNet's not at all."""
@@ -312,8 +324,11 @@ def train(task: Task, cfg, command: str = "") -> int:
     if cfg.resume:
         run = resumed(load_state(state_path, model, optimizer))
         rng = torch.get_rng_state()
-    elif rank == 0:
-        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    else:
+        if cfg.init:
+            start_from(model, cfg.init)
+        if rank == 0:
+            write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
     ddp = distributed(model) if world > 1 else model
     loader_kw = dict(num_workers=cfg.workers, persistent_workers=False, pin_memory=device.type == "cuda",
                      worker_init_fn=ignore_sigterm)

@@ -54,7 +54,7 @@ def table_rows(args, names) -> list[dict]:
         history = json.loads(model.with_suffix(".json").read_text())["metrics"]["history"]
         by_epoch = {h["epoch"]: h["val_iou"] for h in history}
         half = math.ceil(args.epochs / 2)
-        test = evaluate_model(model, args.data, "test", surface=False, device=args.device)
+        test = evaluate_model(model, args.data, "test", surface=False, device=args.device, match_mask=False)
         rows.append({"variant": name, "val_half": by_epoch.get(half), "val_final": by_epoch.get(args.epochs),
                      "test_iou": test["iou_mean"], "test_samples": test["samples"], "paper": PAPER.get(name)})
     return rows
