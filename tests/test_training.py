@@ -91,6 +91,24 @@ def test_fit_refuses_to_overwrite_and_to_resume_nothing(tiny_dataset, tmp_path):
     assert fit(["--data", str(tiny_dataset), "--out", str(run), "--epochs", "1", *TINY]) != 0
 
 
+def test_init_starts_a_new_run_from_a_models_weights(tiny_dataset, tmp_path):
+    """--init: a new run (epoch 1, its own schedule) from a finished model's weights; a network of another
+    width is refused with a message instead of half-loading."""
+    first = tmp_path / "first"
+    assert fit(["--data", str(tiny_dataset), "--out", str(first), "--epochs", "1", *TINY]) == 0
+    tiny_lr = [a if a not in ("3e-3", "1e-3") else "1e-12" for a in TINY]  # the start barely moves
+    again = tmp_path / "again"
+    assert fit(["--data", str(tiny_dataset), "--out", str(again), "--epochs", "1", *tiny_lr,
+                "--init", str(first / "model.json")]) == 0
+    assert len(read_log(again)) == 1
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6, err_msg=key)
+    narrower = [*TINY[:TINY.index("--features")], "--features", "4", *TINY[TINY.index("--features") + 2:]]
+    assert fit(["--data", str(tiny_dataset), "--out", str(tmp_path / "wrong"), "--epochs", "1", *narrower,
+                "--init", str(first / "model.json")]) != 0
+
+
 def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -3,6 +3,7 @@
     python -m train.fit --data data/shard0 data/shard1 --out runs/multistack --variant multistack --epochs 30
     torchrun --nproc-per-node 4 -m train.fit --data ... --out ...        # several GPUs / machines (DDP)
     python -m train.fit --out runs/multistack --resume                    # continue exactly where it stopped
+    python -m train.fit --data ... --out runs/longer --init runs/multistack/model.json   # a new run from its weights
 
 The paper's recipe is the default: RMSProp, learning rate 1e-4 dropped to 1e-5 after a third of the epochs,
 a loss after every supervised hourglass, on-the-fly augmentation (train/dataset.py). This module is the VRN
