@@ -60,3 +60,24 @@ def test_body_prior_is_the_voxelised_body():
         occupancy = BodyPrior(SHAPE[0], body_channel=4).occupancy(x, SHAPE[1:])[0].numpy() > 0.5
     truth = voxelise(vertices, faces, SHAPE)
     assert (occupancy & truth).sum() / (occupancy | truth).sum() > 0.85
+
+
+def test_body_prior_in_a_tall_volume():
+    """The paper's tall volume (96 x 256 x 128, here at half size): the guide and the body prior keep the
+    body where it is when depth, height and width all differ."""
+    import torch
+
+    from core.networks.vrn import BodyPrior
+
+    tall = (48, 128, 64)
+    pose = np.zeros((len(FIT_BONES), 3))
+    pose[FIT_BONES.index("upperarm01.R")] = (0.0, 0.0, -0.8)
+    params = FitParams(np.full(6, 0.5), pose, np.array([0.0, 0.0, np.radians(20)]), 64.0, np.array([32.0, 64.0]))
+    vertices, faces = pose_body(params, tall, load_body_model()).vertices, load_template().faces
+    guide = body_guide(vertices, faces, tall, (256, 128), centre_depth=False)
+    x = torch.cat([torch.zeros(1, 4, 256, 128), torch.from_numpy(guide)[None]], dim=1)
+    with torch.no_grad():
+        occupancy = BodyPrior(tall[0], body_channel=4).occupancy(x, tall[1:])[0].numpy() > 0.5
+    truth = voxelise(vertices, faces, tall)
+    assert occupancy.shape == truth.shape == tall
+    assert (occupancy & truth).sum() / (occupancy | truth).sum() > 0.85
