@@ -14,11 +14,18 @@ resolution and the iso-surface ends in mittens and stumps. The fitted Anny body 
    (`cut_extremity`): where the volume has no limb ending in that hand or foot (a hand lying against a
    blob's hip, as the weak VRN models of today give) the surface stays whole and the body's part is added as
    it is, partly inside the surface, rather than opening a hole in the surface's side;
-3. the body's triangles with all three corners in the part (its hand or foot, open at the seam) are appended.
+3. the body's triangles with all three corners in the part (its hand or foot, open at the seam) are appended;
+4. each cut seam is stitched (`stitch_seam`): the one hole the cut opened (its rim, `boundary_loops`) and the
+   part's one open loop (wrist or ankle) are joined by a strip of triangles (`bridge`: the loops walked together
+   by arc length, each triangle using one loop edge reversed, so the strip is wound as both meshes are). The
+   strip is kept only when the holes face each other and each of its edges is then used once each way, so a
+   watertight, outward surface gives a watertight, outward mesh. A seam stays open where the surface was not cut
+   (the body's part is added with its wrist or ankle open inside the surface) or the strip fails that check.
 
-The seam is not stitched: the surface's cut edge and the body's wrist or ankle loop are up to about a voxel
-apart (a small gap or overlap); the result is one mesh but no longer watertight. Arrays in, arrays out; the
-caller maps the rest (UVs, skin weights) through `Joined.surface_index` and `Joined.body_index`.
+The strip closes the gap; it does not blend: the rim and the body's loop are up to about a voxel apart, and
+Anny's ankle loop is oblique to the cut plane, so the foot's strip is a wedge (tens of cm^2) that may cross
+the surface's heel. Arrays in, arrays out; the strip only joins existing vertices, so the caller maps the rest
+(UVs, skin weights) through `Joined.surface_index` and `Joined.body_index`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class Joined(NamedTuple):
     surface_index: np.ndarray  # (Ms,) the kept surface vertices, in output order
     body_index: np.ndarray    # (Mb,) the added body vertices, in output order (after the surface's)
     cut: tuple = ()           # the extremities whose surface part was cut away (the others: added as they are)
+    stitched: tuple = ()      # the cut extremities whose seam is bridged (closed); the others' is left open
 
 
 def part_faces(faces, inside) -> np.ndarray:
@@ -67,10 +75,40 @@ def cut_plane(vertices, faces, inside) -> tuple[np.ndarray, np.ndarray]:
     return point, normal / max(float(np.linalg.norm(normal)), 1e-12)
 
 
+def _directed_edges(faces: np.ndarray) -> np.ndarray:
+    """(3F, 2) each face's edges in its winding order."""
+    return np.asarray(faces, dtype=np.int64)[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+
+
+def _boundary_edges(faces) -> np.ndarray:
+    """(E, 2) the edges that only one of the faces uses (the mesh's holes), as that face winds them."""
+    directed = _directed_edges(faces)
+    return directed[trimesh.grouping.group_rows(np.sort(directed, axis=1), require_count=1)]
+
+
+def boundary_loops(faces) -> list[np.ndarray]:
+    """The holes of a consistently wound mesh as vertex loops, each in the order its faces use its edges (a
+    boundary edge a->b is in exactly one face). Holes that touch another at a vertex are left out: ambiguous."""
+    edges = _boundary_edges(faces)
+    starts, out = np.unique(edges[:, 0], return_counts=True)
+    ends, into = np.unique(edges[:, 1], return_counts=True)
+    pinched = set(starts[out > 1].tolist()) | set(ends[into > 1].tolist())
+    following = dict(zip(edges[:, 0].tolist(), edges[:, 1].tolist()))
+    loops, seen = [], set()
+    for start in following:
+        loop, v = [], start
+        while v not in seen and v in following:
+            seen.add(v)
+            loop.append(v)
+            v = following[v]
+        if v == start and len(loop) >= 3 and not pinched.intersection(loop):
+            loops.append(np.asarray(loop, dtype=np.int64))
+    return loops
+
+
 def _boundary_vertices(faces: np.ndarray) -> np.ndarray:
-    """The vertices on edges that only one of the faces uses (the mesh's holes)."""
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    return np.unique(edges[trimesh.grouping.group_rows(edges, require_count=1)])
+    """The vertices on the mesh's holes."""
+    return np.unique(_boundary_edges(faces))
 
 
 def _drop_fragments(faces: np.ndarray, min_fragment: float) -> np.ndarray:
@@ -98,6 +136,75 @@ def cut_extremity(faces, beyond, owned, min_fragment: float = MIN_FRAGMENT,
     return kept
 
 
+def _arc(points: np.ndarray) -> np.ndarray:
+    """(n,) the normalised arc length of a closed loop at its vertices after the first (the last is 1)."""
+    steps = np.linalg.norm(np.roll(points, -1, axis=0) - points, axis=1)
+    return np.cumsum(steps) / max(float(steps.sum()), 1e-12)
+
+
+def _strip(v: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The triangles between loop a (forward) and loop c (already reversed and started), merged by normalised
+    arc length: (a[i+1], a[i], c[k]) where a advances, (c[k], c[k+1], a[i]) where c does."""
+    from_a = np.r_[np.ones(len(a), bool), np.zeros(len(c), bool)][np.argsort(np.r_[_arc(v[a]), _arc(v[c])],
+                                                                              kind="stable")]
+    i, k = np.cumsum(from_a) - from_a, np.cumsum(~from_a) - ~from_a  # loop edges each walk used before a step
+    ai, ck = a[i % len(a)], c[k % len(c)]
+    return np.where(from_a[:, None], np.stack([a[(i + 1) % len(a)], ai, ck], 1),
+                    np.stack([ck, c[(k + 1) % len(c)], ai], 1))
+
+
+def bridge(vertices, rim, seam) -> np.ndarray:
+    """(n_rim + n_seam, 3) triangles closing the gap between two facing holes of two meshes (`boundary_loops`
+    order): rim walked forward, seam backward, merged by normalised arc length, from the seam vertex that makes
+    the rungs (the edges across the gap) shortest in all. Each triangle uses one loop edge reversed, so the strip
+    is wound as both meshes are."""
+    v = np.asarray(vertices, dtype=np.float64)
+    a, c = np.asarray(rim, dtype=np.int64), np.asarray(seam, dtype=np.int64)[::-1]
+    strips = [_strip(v, a, np.roll(c, -start)) for start in range(len(c))]
+    return min(strips, key=lambda t: float(np.linalg.norm(v[t[:, 1]] - v[t[:, 2]], axis=1).sum()))
+
+
+def _vector_area(points: np.ndarray) -> np.ndarray:
+    """The vector area of a closed loop: its normal by the right-hand rule, as long as its area."""
+    return 0.5 * np.cross(points, np.roll(points, -1, axis=0)).sum(0)
+
+
+def _closes(faces: np.ndarray, strip: np.ndarray) -> bool:
+    """Whether each edge of the strip is used once each way by faces + strip (closed and consistently wound
+    there): the strip fills a hole between the meshes and nothing else uses its edges."""
+    directed = _directed_edges(np.concatenate([faces, strip]))
+    n = int(directed.max()) + 1
+    keys, counts = np.unique(directed[:, 0] * n + directed[:, 1], return_counts=True)
+    own = _directed_edges(strip)
+    for key in (own[:, 0] * n + own[:, 1], own[:, 1] * n + own[:, 0]):
+        at = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        if not ((keys[at] == key) & (counts[at] == 1)).all():
+            return False
+    return True
+
+
+def stitch_seam(vertices, faces, rim, part) -> np.ndarray | None:
+    """The strip bridging a cut surface's rim loop and the open seam of a body part (`part`: its faces, among
+    `faces`), or None when it would not close the mesh there: the part has not exactly one hole, the holes do
+    not face each other (one mesh wound inside out), or the strip's edges are not each used once each way."""
+    seams = boundary_loops(part)
+    if len(seams) != 1:
+        return None
+    v = np.asarray(vertices, dtype=np.float64)
+    if _vector_area(v[rim]) @ _vector_area(v[seams[0]]) >= 0:
+        return None
+    strip = bridge(v, rim, seams[0])
+    return strip if _closes(faces, strip) else None
+
+
+def _new_rim(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:
+    """The one hole loop a cut opened (`after` has it, `before` had none of its vertices on a hole), or None
+    when the cut opened none or several."""
+    old = set(_boundary_vertices(before).tolist())
+    new = [loop for loop in boundary_loops(after) if not old.intersection(loop.tolist())]
+    return new[0] if len(new) == 1 else None
+
+
 def replace_extremities(surface_vertices, surface_faces, body_vertices, body_faces, parts: dict,
                         reach: float = REACH, min_fragment: float = MIN_FRAGMENT) -> Joined:
     """The surface with its hands and feet replaced by the body's (see the module docstring), both meshes in
@@ -106,24 +213,34 @@ def replace_extremities(surface_vertices, surface_faces, body_vertices, body_fac
     bv = np.asarray(body_vertices, dtype=np.float64)
     kept = np.asarray(surface_faces, dtype=np.int64)
     dist, nearest = scipy.spatial.cKDTree(bv).query(sv)
-    cut = []
+    rims = {}  # the cut extremities: their rim loop (surface indices) or None
     for name, inside in parts.items():
         inside = np.asarray(inside, bool)
         point, normal = cut_plane(bv, body_faces, inside)
         beyond = (sv - point) @ normal
         trial = cut_extremity(kept, beyond, inside[nearest] & (beyond > 0) & (dist <= reach), min_fragment)
         if trial is not None:
+            rims[name] = _new_rim(kept, trial) if len(trial) < len(kept) else None
             kept = trial
-            cut.append(name)
     surface_index = np.unique(kept)
-    added = np.concatenate([part_faces(body_faces, inside) for inside in parts.values()])
-    body_index = np.unique(added)
+    added = {name: part_faces(body_faces, inside) for name, inside in parts.items()}
+    body_index = np.unique(np.concatenate(list(added.values())))
     remap_s = np.full(len(sv), -1, np.int64)
     remap_s[surface_index] = np.arange(len(surface_index))
     remap_b = np.full(len(bv), -1, np.int64)
     remap_b[body_index] = len(surface_index) + np.arange(len(body_index))
-    return Joined(np.concatenate([sv[surface_index], bv[body_index]]),
-                  np.concatenate([remap_s[kept], remap_b[added]]), surface_index, body_index, tuple(cut))
+    vertices = np.concatenate([sv[surface_index], bv[body_index]])
+    faces = np.concatenate([remap_s[kept]] + [remap_b[f] for f in added.values()])
+    holes = {frozenset(loop.tolist()) for loop in boundary_loops(kept)}  # a later cut may have changed a rim
+    stitched = []
+    for name, rim in rims.items():
+        if rim is None or frozenset(rim.tolist()) not in holes:
+            continue
+        strip = stitch_seam(vertices, faces, remap_s[rim], remap_b[added[name]])
+        if strip is not None:
+            faces = np.concatenate([faces, strip])
+            stitched.append(name)
+    return Joined(vertices, faces, surface_index, body_index, tuple(rims), tuple(stitched))
 
 
 def template_extremities(template=None) -> dict:

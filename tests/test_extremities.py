@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from core.extremities import cut_plane, part_faces, replace_extremities, template_extremities
+from core.extremities import (boundary_loops, bridge, cut_plane, part_faces, replace_extremities, stitch_seam,
+                               template_extremities)
 
 HAND_FROM = 0.8  # the synthetic limb's "hand" is everything above this height
 
@@ -34,25 +35,73 @@ def test_cut_plane_sits_on_the_seam_and_faces_the_part():
         cut_plane(body.vertices, body.faces, np.ones(len(body.vertices), bool))
 
 
+def _closed(vertices, faces) -> trimesh.Trimesh:
+    """The mesh, asserted watertight, consistently wound and outward (positive volume)."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
+    return mesh
+
+
 def test_a_limb_ending_in_a_mitten_gets_the_body_hand():
     body, parts = _body()
     surface = _limb(0.07)
     joined = replace_extremities(surface.vertices, surface.faces, body.vertices, body.faces, parts)
-    assert joined.cut == ("hand",)
+    assert joined.cut == ("hand",) and joined.stitched == ("hand",)
     assert np.array_equal(joined.vertices, np.concatenate([surface.vertices[joined.surface_index],
                                                           body.vertices[joined.body_index]]))
     assert joined.faces.min() == 0 and joined.faces.max() == len(joined.vertices) - 1
     n = len(joined.surface_index)
-    from_surface = joined.faces.max(1) < n
-    assert (from_surface | (joined.faces.min(1) >= n)).all()  # no triangle joins the two (the seam is open)
+    from_surface, from_body = joined.faces.max(1) < n, joined.faces.min(1) >= n
     kept = joined.vertices[:n]
     assert kept[:, 2].max() < HAND_FROM + 0.03  # the mitten went, up to one ring past the seam
     assert kept[:, 2].min() == pytest.approx(np.asarray(surface.vertices)[:, 2].min())  # the other end stays
     # the body's hand came whole: all its triangles, re-indexed
-    assert from_surface.sum() + len(part_faces(body.faces, parts["hand"])) == len(joined.faces)
+    hand_faces = part_faces(body.faces, parts["hand"])
+    assert from_body.sum() == len(hand_faces)
     assert np.isclose(joined.vertices[:, 2].max(), np.asarray(body.vertices)[:, 2].max())
-    hand = trimesh.Trimesh(joined.vertices, joined.faces[~from_surface])
-    assert hand.area == pytest.approx(trimesh.Trimesh(body.vertices, part_faces(body.faces, parts["hand"])).area)
+    hand = trimesh.Trimesh(joined.vertices, joined.faces[from_body])
+    assert hand.area == pytest.approx(trimesh.Trimesh(body.vertices, hand_faces).area)
+    # the seam is stitched: one strip, one triangle per edge of the two loops, and the whole is closed
+    strip = joined.faces[~from_surface & ~from_body]
+    loops = boundary_loops(joined.faces[from_surface]) + boundary_loops(joined.faces[from_body])
+    assert len(loops) == 2 and len(strip) == sum(map(len, loops))
+    joined_mesh = _closed(joined.vertices, joined.faces)
+    assert joined_mesh.volume == pytest.approx(surface.volume, rel=0.15)  # a thinner hand than the mitten
+
+
+def _cup(count: int, radius: float, rim_height: float, apex_height: float):
+    """A cone open at its base: `count` rim vertices on a circle, then the apex; wound outward."""
+    angle = 2 * np.pi * np.arange(count) / count
+    vertices = np.c_[radius * np.cos(angle), radius * np.sin(angle), np.full(count, rim_height)]
+    j = np.arange(count)
+    fan = np.c_[np.full(count, count), (j + 1) % count, j]  # outward when the apex is below the rim
+    return np.r_[vertices, [[0, 0, apex_height]]], fan if apex_height < rim_height else fan[:, [0, 2, 1]]
+
+
+def test_the_bridge_closes_two_facing_holes():
+    """Two cones open towards each other (12 and 7 rim vertices): the strip makes one closed, outward solid."""
+    va, fa = _cup(12, 1.0, 0.0, -0.5)
+    vb, fb = _cup(7, 0.8, 1.0, 1.5)
+    vertices, faces = np.r_[va, vb], np.r_[fa, fb + len(va)]
+    (rim,), (seam,) = boundary_loops(fa), boundary_loops(fb + len(va))
+    assert sorted(rim) == list(range(12)) and sorted(seam) == list(range(13, 20))
+    strip = bridge(vertices, rim, seam)
+    assert len(strip) == 12 + 7 and np.array_equal(strip, stitch_seam(vertices, faces, rim, fb + len(va)))
+    solid = _closed(vertices, np.r_[faces, strip])
+    cones = 3.0 * 0.5 / 3 + 3.5 * 0.64 * np.sin(2 * np.pi / 7) * 0.5 / 3  # base area x height / 3
+    assert cones < solid.volume < cones + np.pi  # and less than a unit cylinder between them
+    # one of the two wound inside out: the holes do not face each other, and nothing is bridged
+    assert stitch_seam(vertices, np.r_[fa, fb[:, ::-1] + len(va)], rim, fb[:, ::-1] + len(va)) is None
+
+
+def test_an_inside_out_surface_keeps_its_seam_open():
+    """A surface wound the other way from the body cannot be bridged consistently: cut, but the seam stays open."""
+    body, parts = _body()
+    surface = _limb(0.07)
+    joined = replace_extremities(surface.vertices, surface.faces[:, ::-1], body.vertices, body.faces, parts)
+    assert joined.cut == ("hand",) and joined.stitched == ()
+    n = len(joined.surface_index)
+    assert ((joined.faces.max(1) < n) | (joined.faces.min(1) >= n)).all()  # no triangle joins the two
 
 
 def test_a_hand_against_the_side_of_a_blob_opens_no_hole():
@@ -61,7 +110,7 @@ def test_a_hand_against_the_side_of_a_blob_opens_no_hole():
     blob = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
     blob.apply_translation((0.33, 0.0, 0.9))
     joined = replace_extremities(blob.vertices, blob.faces, body.vertices, body.faces, parts)
-    assert joined.cut == ()
+    assert joined.cut == joined.stitched == ()
     assert len(joined.surface_index) == len(blob.vertices)
     assert trimesh.Trimesh(joined.vertices[:len(blob.vertices)], joined.faces[:len(blob.faces)]).is_watertight
 
@@ -88,7 +137,7 @@ def _voxelised_rest_body(size: int):
     mesh = extract_surface(voxelise(to_vox(v), t.faces, (size,) * 3).astype(np.float32))
     q = (np.asarray(mesh.vertices) - size / 2) / s
     back = np.stack([q[:, 0] + c[0], q[:, 2] + c[1], c[2] - q[:, 1]], 1)
-    return trimesh.Trimesh(back, np.asarray(mesh.faces)[:, ::-1], process=False), t  # y flip: flip the winding
+    return trimesh.Trimesh(back, mesh.faces, process=False), t  # both axis changes are rotations: still outward
 
 
 def tip_bones(rig) -> list[int]:
@@ -111,8 +160,8 @@ def test_a_voxelised_body_gets_ten_fingers_and_two_feet():
     parts, rig = template_extremities(t), template_rig(t)
     assert np.median(tip_distances(surface, rig)) > 0.02  # no fingers at 64^3: mittens miss the tips by cm
     joined = replace_extremities(surface.vertices, surface.faces, t.rest_vertices, t.faces, parts)
-    assert joined.cut == ("hand_r", "hand_l", "foot_r", "foot_l")
-    out = trimesh.Trimesh(joined.vertices, joined.faces, process=False)
+    assert joined.cut == joined.stitched == ("hand_r", "hand_l", "foot_r", "foot_l")
+    out = _closed(joined.vertices, joined.faces)  # all four seams stitched
     assert tip_distances(out, rig).max() < 0.02
     # the rest of the surface is untouched: one piece with four openings (two wrists, two ankles)
     kept = trimesh.Trimesh(joined.vertices, joined.faces[joined.faces.max(1) < len(joined.surface_index)])
