@@ -131,6 +131,12 @@ def test_evaluate_reports_iou_and_writes_results(tiny_dataset, tiny_model, tmp_p
     assert summary["samples"] == 4  # the held-out split of the tiny dataset
     assert all(0.0 <= s["iou"] <= 1.0 for s in summary["per_sample"])
     assert summary["iou_mean"] == pytest.approx(np.mean([s["iou"] for s in summary["per_sample"]]))
+    # kept to the person mask as inference does; the network's own figures beside, from the same prediction
+    assert summary["match_mask"] and all(0.0 <= s["silhouette_iou_raw"] <= 1.0 for s in summary["per_sample"])
+    assert evaluate(["--data", str(tiny_dataset), "--model", str(tiny_model), "--raw-surface", "--json",
+                     str(figures)]) == 0
+    raw = json.loads(figures.read_text())["heldout"][0]
+    assert raw["iou_mean"] == pytest.approx(summary["iou_raw_mean"]) and "iou_raw_mean" not in raw
     text = out.read_text()
     assert "Hand-written notes stay." in text and "| tiny-test |" in text
 

@@ -103,10 +103,13 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
         body = fitted_guide(sample, initialiser, torch_device) if initialiser is not None else None
         x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), cfg.inputs, body=body)
         prob = predict_volume(loaded, x, torch_device)
-        if match_mask:
+        entry = {"file": row["file"]}
+        if match_mask:  # what keeping to the mask adds, from the same prediction
+            entry.update(iou_raw=float(volume_iou(prob > 0.5, target)),
+                         silhouette_iou_raw=silhouette_iou(prob > 0.5, target.any(axis=0)))
             prob = agree_with_mask(prob, training_mask(sample), surface_level(loaded))
         pred = prob > 0.5
-        entry = {"file": row["file"], "iou": float(volume_iou(pred, target)),
+        entry |= {"iou": float(volume_iou(pred, target)),
                  "iou_at_model_level": float(volume_iou(prob > surface_level(loaded), target)),
                  "silhouette_iou": silhouette_iou(pred, target.any(axis=0))}  # the front view is the mask
         entry["iou_best_depth_shift"], entry["best_depth_shift"] = best_depth_shift_iou(
@@ -122,7 +125,8 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
         per_sample.append(entry)
     summary = {"model": loaded.name, "variant": cfg.variant, "samples": len(per_sample), "split": split,
                "level": surface_level(loaded), "depth_anchor": anchor, "match_mask": match_mask}
-    for key in ("iou", "iou_at_model_level", "iou_best_depth_shift", "silhouette_iou", "chamfer_mm", "p2s_mm"):
+    for key in ("iou", "iou_at_model_level", "iou_best_depth_shift", "silhouette_iou", "chamfer_mm", "p2s_mm",
+                "iou_raw", "silhouette_iou_raw"):
         values = [e[key] for e in per_sample if key in e]
         if values:
             summary[f"{key}_mean"] = float(np.mean(values))
@@ -276,6 +280,11 @@ def _main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print(results_table(summaries))
+    for s in summaries:
+        if "iou_raw_mean" in s:
+            print(f"{s['model']}: the network's own volume (--raw-surface) IoU {s['iou_raw_mean']:.3f}, silhouette "
+                  f"IoU {s['silhouette_iou_raw_mean']:.3f}; kept to the mask {s['iou_mean']:.3f} / "
+                  f"{s['silhouette_iou_mean']:.3f}")
     photos = ([evaluate_photos(m, args.photos, device=args.device, match_mask=not args.raw_surface)
                for m in args.model] if args.photos else [])
     for p in photos:
