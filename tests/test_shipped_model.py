@@ -22,10 +22,12 @@ from train.make_dataset import main as make_dataset
 REPO = Path(__file__).resolve().parents[1]
 # (model, bodies) -> IoU floor on the four bodies below (measured figure in the comment)
 FLOORS = {
-    ("vrn-body-residual", "tight"): 0.40,  # 0.434 (vrn-default, in its own frame: 0.526)
-    ("vrn-body-residual", "clothed"): 0.52,  # 0.574 (vrn-default: 0.477)
-    ("vrn-default", "tight"): 0.48,  # 0.526 (the model before it: 0.471)
+    ("vrn-body-residual", "tight"): 0.40,  # 0.438 (vrn-default, in its own frame: 0.518)
+    ("vrn-body-residual", "clothed"): 0.52,  # 0.550
+    ("vrn-default", "tight"): 0.48,  # 0.518 (the model before it: 0.471)
 }
+# measured with the volume kept to the person mask, as inference and train.evaluate do (core.silhouette); the
+# networks' own volumes: 0.448, 0.561 and 0.526
 BODIES = {"tight": ("777", "0"), "clothed": ("778", "1")}  # seed, share of dressed bodies; training used 101/2026/2027
 
 
