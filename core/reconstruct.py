@@ -320,7 +320,8 @@ def rest_rig(fitted, vox_to_metric: np.ndarray, subject_height: float):
 def reconstruct(image, model="default", method: str = "vrn", device: str = "auto",
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
                 rig: bool = False, rig_model="default", init=None, refine: bool = True, body_parts: bool = True,
-                match_mask: bool = True, progress: Progress | None = None, cancel: threading.Event | None = None) -> Result:
+                match_mask: bool = True, progress: Progress | None = None,
+                cancel: threading.Event | None = None) -> Result:
     """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame.
 
     method "vrn" (detailed surface), "hmnet" (Anny's body, always rigged) or "fit" (Anny's body fitted to the
@@ -360,8 +361,8 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
             loaded, *crops[1:], torch_device, subject_height, stage)
     else:
         volume, mesh, verts_vox, vox_to_metric, body, body_rig = _vrn_result(
-            rgb, det, loaded, crops, (rigger, rig_model), (smoothing, face_budget, subject_height, body_parts, match_mask),
-            torch_device, warnings, stage, cancel)
+            rgb, det, loaded, crops, (rigger, rig_model),
+            (smoothing, face_budget, subject_height, body_parts, match_mask), torch_device, warnings, stage, cancel)
         joints = None if body_rig is None else body_rig.heads
 
     warnings += implausible(mesh)
