@@ -383,16 +383,15 @@ def _vrn_result(rgb, det, loaded, crops, riggers, options, device, warnings, sta
     riggers: (rigger: the loaded HMNet model or None, rig_model: the name the guide's fit starts from without
     one); options: (smoothing, face_budget, subject_height, body_parts, match_mask)."""
     rigger, rig_model = riggers
-    body_parts = options[3]
+    *surface_options, body_parts, match_mask = options
     body = None
     if "body" in loaded.config.inputs or rigger is not None:
         stage("fit")
         initialiser = rigger if rigger is not None else _guide_initialiser(rig_model, device, warnings)
         body = fitted_body(rgb, det, loaded, crops[0], initialiser, device, warnings, cancel)
     stage("encode")
-    mask = crops[2] if options[4] else None
     volume, mesh, verts_vox, vox_to_metric = _vrn_surface(loaded, vrn_inputs(loaded, crops, body), device,
-                                                          options[:3], stage, mask)
+                                                          surface_options, stage, crops[2] if match_mask else None)
     body_rig = None
     if body is not None and (body_parts or rigger is not None):
         stage("align")

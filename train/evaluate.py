@@ -101,13 +101,14 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
         k = pooling_factor(sample["volume"].shape, cfg.volume_shape)  # a coarser model on finer data
         target = target_volume(sample["volume"], cfg.volume_shape, anchor)
         body = fitted_guide(sample, initialiser, torch_device) if initialiser is not None else None
-        x = encode(sample["rgb"], inference_landmarks(sample), training_mask(sample), cfg.inputs, body=body)
+        mask = training_mask(sample)
+        x = encode(sample["rgb"], inference_landmarks(sample), mask, cfg.inputs, body=body)
         prob = predict_volume(loaded, x, torch_device)
         entry = {"file": row["file"]}
         if match_mask:  # what keeping to the mask adds, from the same prediction
             entry.update(iou_raw=float(volume_iou(prob > 0.5, target)),
                          silhouette_iou_raw=silhouette_iou(prob > 0.5, target.any(axis=0)))
-            prob = agree_with_mask(prob, training_mask(sample), surface_level(loaded))
+            prob = agree_with_mask(prob, mask, surface_level(loaded))
         pred = prob > 0.5
         entry |= {"iou": float(volume_iou(pred, target)),
                  "iou_at_model_level": float(volume_iou(prob > surface_level(loaded), target)),
