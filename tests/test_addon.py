@@ -173,6 +173,7 @@ def test_built_zip_has_manifest_addon_and_nothing_else(tmp_path):
     for required in ("__init__.py", "jobs.py", "operators.py", "panel.py", "preferences.py", "properties.py",
                      "build_mesh.py", "server.py", "vendor/__init__.py", "vendor/core/__init__.py",
                      "vendor/core/backend.py", "vendor/core/reconstruct.py", "vendor/models/anny-template.npz",
+                     "vendor/models/pose-lifter.json", "vendor/models/pose-lifter.safetensors",
                      "LICENSE"):
         assert required in names, required
     for n in names:

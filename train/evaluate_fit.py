@@ -9,8 +9,9 @@ the fit runs in the sample's own volume frame. Figures: the HumanMeshNet paper's
 sample's volume frame against the true body's volume, both aligned by their centroid and pooled to
 `IOU_SHAPE` with `train.dataset.target_volume` (the same rule as `train.evaluate`).
 
-Ablations (model names): `fit` (everything), `fit-no-silhouette`, `fit-no-directions` (no world-landmark
-bone directions), `fit-no-pose-prior` (no mixture prior and joint limits), `fit-no-elevation` (no prior on the
+Ablations (model names): `fit` (everything), `fit-no-silhouette`, `fit-no-directions` (no bone directions at
+all), `fit-no-lifter` (mediapipe's world landmarks' directions only, no pose lifter), `fit-no-world` (the
+lifter's only), `fit-no-pose-prior` (no mixture prior and joint limits), `fit-no-elevation` (no prior on the
 camera's elevation), `fit-no-shape` (phenotype kept at the mean), `fit-rest-init` (start from Anny's rest pose
 instead of HumanMeshNet).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,16 +35,24 @@ from train.samples import read_sample
 
 IOU_SHAPE = (64, 64, 64)
 UPSCALE = 4  # the 128 px render is shown to mediapipe at 512 px, like a photo
-ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-pose-prior", "fit-no-elevation", "fit-no-shape",
-             "fit-rest-init")
+ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-lifter", "fit-no-world", "fit-no-pose-prior",
+             "fit-no-elevation", "fit-no-shape", "fit-rest-init")
 
 
 def is_fit_model(name) -> bool:
     return str(name) in ABLATIONS
 
 
-def variant(name: str) -> tuple[tuple, dict, bool]:
-    """(stages, prior weights, start from HumanMeshNet) of an ablation."""
+class Variant(NamedTuple):
+    stages: tuple
+    priors: dict
+    from_network: bool  # start from HumanMeshNet's body (else from Anny's rest pose)
+    lifter: bool  # the pose lifter's directions
+    world: bool  # mediapipe's world landmarks' directions
+
+
+def variant(name: str) -> Variant:
+    """What an ablation changes in the fit."""
     stages, priors = list(STAGES), dict(PRIOR_WEIGHTS)
 
     def without(term):
@@ -58,7 +68,7 @@ def variant(name: str) -> tuple[tuple, dict, bool]:
         priors.update(elevation=0.0)
     elif name == "fit-no-shape":
         stages = [s for s in stages if s.name != "shape"]
-    return tuple(stages), priors, name != "fit-rest-init"
+    return Variant(tuple(stages), priors, name != "fit-rest-init", name != "fit-no-lifter", name != "fit-no-world")
 
 
 def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
@@ -73,10 +83,12 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
     det = detect_person(rgb)
     h_in, w_in = sample["rgb"].shape[:2]
     box = CropBox(0.0, 0.0, float(w_in * UPSCALE), float(h_in * UPSCALE))
-    ev = evidence_from_detection(det, box, shape)
-    stages, priors, from_network = variant(name)
+    how = variant(name)
+    ev = evidence_from_detection(det, box, shape, lifter="default" if how.lifter else None)
+    if not how.world:
+        ev.world = None
     start = None
-    if from_network:
+    if how.from_network:
         h_net, w_net = (int(x) for x in initialiser.config.input_size)  # the render at the network's size
         crop = sample["rgb"] if (h_in, w_in) == (h_net, w_net) else cv2.resize(
             sample["rgb"], (w_net, h_net), interpolation=cv2.INTER_CUBIC)
@@ -87,7 +99,7 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
         pose, rotation = pose_from_body(verts)
         start = initial_params(ev, pose=pose, global_rotation=rotation)
     t = time.perf_counter()
-    fitted = fit_body(ev, init=start, stages=stages, priors=priors)
+    fitted = fit_body(ev, init=start, stages=how.stages, priors=how.priors)
     return {"fitted": fitted, "seconds": time.perf_counter() - t}
 
 
@@ -155,7 +167,7 @@ def evaluate_fit(name: str, data_dirs, split: str = "test", limit: int = 0, devi
         rows.append({"file": row["file"], "seconds": got["seconds"], **sample_errors(sample, got["fitted"].vertices)})
     from train.evaluate_mesh import KEYS
 
-    out = {"model": name, "variant": f"fit from {initialiser}" if variant(name)[2] else "fit from rest",
+    out = {"model": name, "variant": f"fit from {initialiser}" if variant(name).from_network else "fit from rest",
            "samples": len(rows), "split": split, "no_person": failed}
     for k in (*KEYS, "iou", "seconds"):
         vals = [r[k] for r in rows]

@@ -43,7 +43,6 @@ from core.errors import DataError, run_command
 from core.networks.hmnet import build_hmnet, config_for, hmnet_loss, to_unit
 from core.parts import PART_MIRROR, parts_from_landmarks
 from core.template import load_template
-from core.validate import choice
 from train.build_template import build_template_file
 from train.dataset import Augment, augment_sample, read_manifest, training_mask
 from train.evaluate_parts import evaluate_parts
@@ -163,10 +162,6 @@ class HMNetTask(Task):
     """Template-mesh regression: eq. 1's losses, the mean vertex and joint errors (mm) for validation."""
     metric_digits = 2
 
-    def check(self, cfg: HMNetTrainConfig) -> HMNetTrainConfig:
-        choice("--device", cfg.device, ("auto", "cpu", "cuda"))
-        return cfg
-
     def setup(self, cfg: HMNetTrainConfig, device) -> Setup:
         first = read_sample(read_manifest(cfg.data[0])[0]["path"], volume=False)
         net_cfg = net_config(cfg, [int(v) for v in first["volume_shape"]], first["rgb"].shape[:2])
@@ -178,9 +173,6 @@ class HMNetTask(Task):
             model = model.to(memory_format=torch.channels_last)
         return Setup(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), train_set,
                      torch.utils.data.Subset(train_set, train_idx), torch.utils.data.Subset(val_set, val_idx))
-
-    def order(self, cfg: HMNetTrainConfig, epoch: int, count: int) -> list[int]:
-        return np.random.default_rng([cfg.seed, epoch]).permutation(count).tolist()
 
     def loss(self, model, batch, device):
         x_rgb, parts, verts, joints, _ = (t.to(device, non_blocking=True) for t in batch)

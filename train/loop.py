@@ -63,6 +63,9 @@ class Task:
 
     def check(self, cfg):
         """Every option in range before anything is read or written (a resumed run's saved config too)."""
+        from core.validate import choice
+
+        choice("--device", cfg.device, ("auto", "cpu", "cuda"))
         return cfg
 
     def setup(self, cfg, device: torch.device) -> Setup:
@@ -70,7 +73,7 @@ class Task:
 
     def order(self, cfg, epoch: int, count: int) -> list[int]:
         """This epoch's permutation of the training subset's `count` positions (before DDP sharding)."""
-        raise NotImplementedError
+        return np.random.default_rng([cfg.seed, epoch]).permutation(count).tolist()
 
     def loss(self, model, batch, device: torch.device) -> tuple[torch.Tensor, dict]:
         """(loss to minimise, {logged term: float}) of one batch from the loader."""

@@ -1,0 +1,105 @@
+"""The pose lifter: poses drawn by the project's sampler on real Anny bodies, the shipped network, a tiny training
+run through the shared loop, and the fit reading its landmarks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import load_model
+from core.errors import DataError
+from core.networks.lifter import LIFT_POINTS, LifterConfig, lift, lift_features
+from train.fit_lifter import NOISE_M, LiftDataset, LifterTrainConfig, main, make_poses, read_poses, view
+
+
+@pytest.fixture(scope="module")
+def poses(tmp_path_factory):
+    """60 bodies in sampled poses (anny's phenotypes, train.poses), written as train.fit_lifter does."""
+    path = tmp_path_factory.mktemp("lift") / "poses.npz"
+    make_poses(path, count=60, seed=123)
+    return path
+
+
+def test_pose_file_round_trip_and_bad_files(poses, tmp_path):
+    points = read_poses([poses])
+    assert points.shape == (60, 33, 3) and np.isfinite(points).all()
+    heights = np.ptp(points[:, :, 2], axis=1)  # nose above ankles: children and adults, some crouching
+    assert 0.2 < heights.min() and heights.max() < 2.1
+    with pytest.raises(DataError, match="not found"):
+        read_poses([tmp_path / "missing.npz"])
+    np.savez(tmp_path / "other.npz", points=np.zeros((3, 17, 3)), info=np.array(json.dumps({"format": "x"})))
+    with pytest.raises(DataError, match="not a pose file"):
+        read_poses([tmp_path / "other.npz"])
+
+
+def test_views_keep_bone_lengths_and_turn_about_the_vertical(poses):
+    points = read_poses([poses])[:10]
+    cam = view(points, np.random.default_rng(0))
+    bone = lambda p: np.linalg.norm(p[:, 13] - p[:, 11], axis=-1)  # noqa: E731  (left upper arm)
+    np.testing.assert_allclose(bone(cam), bone(points), rtol=1e-9)
+    # elevation is at most 25 degrees: the body's up axis stays near the image's up (-y)
+    up = cam[:, 11] - cam[:, 27]  # left shoulder above left ankle in every sampled pose but a few
+    assert np.median(-up[:, 1] / np.linalg.norm(up, axis=1)) > 0.8
+
+
+def test_features_are_invariant_to_image_scale_and_shift():
+    rng = np.random.default_rng(1)
+    xy = rng.normal(size=(len(LIFT_POINTS), 2))
+    present = np.ones(len(LIFT_POINTS), bool)
+    present[3] = False
+    f1, _, s1 = lift_features(xy, present)
+    f2, _, s2 = lift_features(xy * 7.0 + 40.0, present)
+    np.testing.assert_allclose(f1, f2, atol=1e-5)
+    assert np.isclose(s2, 7 * s1) and f1[6:8].tolist() == [0.0, 0.0]  # the absent point reads as zero
+
+
+def test_shipped_lifter_knows_depth_the_image_does_not_show(poses):
+    """On bodies it never saw, from random views, the shipped lifter's depths are far closer to the truth than
+    'no depth' (every point at the mean depth). Its validation figure is 40-55 mm (docs/RESULTS.md)."""
+    loaded = load_model("pose-lifter")
+    assert loaded.meta["metrics"]["val_depth_mm"] < 60
+    cam = view(read_poses([poses])[:, list(LIFT_POINTS)], np.random.default_rng(7))
+    errors, flat = [], []
+    for body in cam:
+        pts = np.zeros((33, 3))
+        pts[list(LIFT_POINTS)] = body
+        got = lift(loaded.network, pts * 200.0, np.ones(33))  # metres -> pixels: the lifter does not care
+        assert np.isnan(got[17:23]).all() and np.isfinite(got[list(LIFT_POINTS)]).all()
+        z, true_z = got[list(LIFT_POINTS), 2] / 200.0, body[:, 2]
+        errors.append(np.abs((z - z.mean()) - (true_z - true_z.mean())).mean())
+        flat.append(np.abs(true_z - true_z.mean()).mean())
+    assert np.mean(errors) < 0.5 * np.mean(flat)
+
+
+def test_lift_needs_two_visible_points():
+    net = load_model("pose-lifter").network
+    vis = np.zeros(33)
+    vis[11] = 1.0
+    assert lift(net, np.random.default_rng(0).normal(size=(33, 2)), vis) is None
+
+
+def test_training_runs_in_the_shared_loop_and_resumes(poses, tmp_path):
+    run = tmp_path / "run"
+    args = ["--data", str(poses), "--out", str(run), "--variant", "lifter-small", "--width", "32", "--batch-size", "16",
+            "--val-samples", "10", "--threads", "1"]
+    assert main(args + ["--epochs", "3", "--max-steps", "4"]) == 0  # stops inside the second epoch
+    assert main(["--out", str(run), "--resume"]) == 0
+    log = (run / "log.csv").read_text().splitlines()
+    assert len(log) == 4 and log[0].startswith("epoch,step,lr,train_loss,val_depth_mm")
+    loaded = load_model(run / "model.json")
+    assert isinstance(loaded.config, LifterConfig) and loaded.config.width == 32
+    assert loaded.meta["views"]["noise_m"]["25"] == NOISE_M[25]
+    val = [float(row.split(",")[4]) for row in log[1:]]
+    assert all(np.isfinite(val)) and val[-1] < val[0]
+
+
+def test_validation_views_stay_fixed_and_training_views_change(poses):
+    points = read_poses([poses])
+    cfg = LifterTrainConfig()
+    fixed, moving = LiftDataset(points, cfg, LIFT_POINTS, True), LiftDataset(points, cfg, LIFT_POINTS, False)
+    before_fixed, before_moving = fixed.x.clone(), moving.x.clone()
+    fixed.set_epoch(3), moving.set_epoch(3)
+    assert torch.equal(fixed.x, before_fixed) and not torch.equal(moving.x, before_moving)
