@@ -191,8 +191,10 @@ class _Problem:
         self.target = torch.as_tensor(ev.points, dtype=torch.float64)
         vis = np.clip(np.nan_to_num(ev.visibility), 0, 1)
         self.vis = torch.as_tensor(np.where(vis >= 0.3, vis, 0.0))
+        # (target points, visibility where the source has the point, weight) per source of bone directions
         self.sources = [(torch.as_tensor(np.nan_to_num(pts), dtype=torch.float64),
-                         torch.as_tensor(np.isfinite(pts).all(1), dtype=torch.float64), DIRECTION_SOURCES[name])
+                         self.vis * torch.as_tensor(np.isfinite(pts).all(1), dtype=torch.float64),
+                         DIRECTION_SOURCES[name])
                         for name, pts in (("world", ev.world), ("lifted", ev.lifted)) if pts is not None]
         inside = (ev.mask > 0.5).astype(np.uint8)
         self.has_mask = bool(inside.any())
@@ -258,12 +260,11 @@ class _Problem:
 
     def _directions(self, proj: torch.Tensor) -> torch.Tensor:
         """The sources' direction losses, averaged with their `DIRECTION_SOURCES` weights."""
-        total = sum(w * self._direction_loss(proj, pts, has) for pts, has, w in self.sources)
+        total = sum(w * self._direction_loss(proj, pts, vis) for pts, vis, w in self.sources)
         return total / sum(w for _, _, w in self.sources)
 
-    def _direction_loss(self, proj: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    def _direction_loss(self, proj: torch.Tensor, target: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         a, b = self.pair_a, self.pair_b
-        vis = self.vis * has
         conf = torch.minimum(vis[a], vis[b])
 
         def cos(x, y):
@@ -456,9 +457,9 @@ def pose_body(params: FitParams, volume_shape, body: BodyModel | None = None) ->
                      posed.transforms.numpy(), float("nan"), volume_shape=tuple(volume_shape), camera=camera)
 
 
-def evidence_from_detection(det, box, volume_shape, lifter="default") -> Evidence:
-    """A detection in source pixels -> the evidence in the volume frame of `box`, with the 3D landmarks of
-    `lifter` (a Lifter network; "default": the shipped one, `LIFTER_MODEL`; None: none)."""
+def evidence_from_detection(det, box, volume_shape, lifted: bool = True) -> Evidence:
+    """A detection in source pixels -> the evidence in the volume frame of `box`, with the shipped pose
+    lifter's 3D landmarks unless `lifted` is False (the `fit-no-lifter` ablation)."""
     from core.crop import crop_image
     from core.networks.lifter import lift
 
@@ -468,10 +469,9 @@ def evidence_from_detection(det, box, volume_shape, lifter="default") -> Evidenc
     mask = crop_image(det.mask, box, (h, w))
     in_photo = crop_image(np.ones(det.mask.shape, np.float32), box, (h, w))
     world = getattr(det, "world33", None)
-    lifter = default_lifter() if isinstance(lifter, str) and lifter == "default" else lifter
     return Evidence(pts, vis, None if world is None else np.asarray(world, np.float64), mask.astype(np.float32),
                     tuple(volume_shape), in_photo.astype(np.float32),
-                    lifted=None if lifter is None else lift(lifter, pts, vis, VISIBLE))
+                    lifted=lift(default_lifter(), pts, vis, VISIBLE) if lifted else None)
 
 
 @lru_cache(maxsize=1)

@@ -247,7 +247,7 @@ def test_fit_starts_from_anny_mean_phenotype(posed_front):
 
 def test_evidence_carries_the_lifted_landmarks(posed_front):
     """The evidence holds the pose lifter's 3D landmarks on the detected 2D ones (its depth is tested in
-    tests/test_lifter.py); `lifter=None` leaves them out, which is the `fit-no-lifter` ablation."""
+    tests/test_lifter.py); `lifted=False` leaves them out, which is the `fit-no-lifter` ablation."""
     from core.bodyfit import evidence_from_detection
     from core.crop import crop_box_from_mask
     from core.detect import detect_person
@@ -260,4 +260,4 @@ def test_evidence_carries_the_lifted_landmarks(posed_front):
     assert np.isfinite(ev.lifted[body]).all() and np.isnan(ev.lifted[17:23]).all()  # no hand points
     spread = np.ptp(ev.lifted[body, 2])  # a standing body is deep, in pixels of the 128 px volume
     assert 5 < spread < 60
-    assert evidence_from_detection(det, box, (128, 128, 128), lifter=None).lifted is None
+    assert evidence_from_detection(det, box, (128, 128, 128), lifted=False).lifted is None

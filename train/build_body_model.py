@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from core.body_model import BODY_MODEL_PATH, FIT_BONES, PHENOTYPE_KEYS, save_body_model
+from core.body_model import BODY_MODEL_PATH, PHENOTYPE_KEYS, save_body_model
 from core.correspondence import EXTRA_VERTEX_RULES, extra_vertex_index
 
 SHAPE_SAMPLES = 1000
@@ -121,18 +121,13 @@ def build_shape_prior(rng: np.random.Generator, count: int = 4000) -> dict:
 
 
 def build_pose_prior(rng: np.random.Generator) -> tuple[dict, dict]:
-    from scipy.spatial.transform import Rotation
-
     from train import poses
-    from train.bodies import rest_skeleton
 
-    rest = {k: v for k, v in rest_skeleton({k: 0.5 for k in PHENOTYPE_KEYS}).items() if k != "__vertices__"}
+    rest = poses.neutral_rest()
     vecs, labels = [], []
     for _ in range(POSE_SAMPLES):
         pose = poses.sample_pose(rng, rest)
-        eye = np.eye(3)
-        vecs.append(np.concatenate([Rotation.from_matrix(pose["deltas"].get(b, eye)).as_rotvec()
-                                    for b in FIT_BONES]))
+        vecs.append(poses.fit_rotvecs(pose).ravel())
         labels.append(f"{pose['kind']}{'-mirrored' if pose['mirrored'] else ''}")
     x = np.array(vecs)
     kinds = sorted(set(labels))

@@ -84,7 +84,7 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
     h_in, w_in = sample["rgb"].shape[:2]
     box = CropBox(0.0, 0.0, float(w_in * UPSCALE), float(h_in * UPSCALE))
     how = variant(name)
-    ev = evidence_from_detection(det, box, shape, lifter="default" if how.lifter else None)
+    ev = evidence_from_detection(det, box, shape, lifted=how.lifter)
     if not how.world:
         ev.world = None
     start = None

@@ -85,24 +85,22 @@ def parse_config(argv=None) -> LifterTrainConfig:
 
 def make_poses(path, count: int, seed: int) -> Path:
     """`count` random bodies in random poses: their 33 mediapipe points (metres, Anny frame, about the root)."""
-    from scipy.spatial.transform import Rotation
     from tqdm import tqdm
 
-    from core.body_model import FIT_BONES, PHENOTYPE_KEYS, load_body_model
+    from core.body_model import PHENOTYPE_KEYS, load_body_model
     from train import poses
-    from train.bodies import rest_skeleton, sample_phenotype
+    from train.bodies import sample_phenotype
 
     rng = np.random.default_rng(seed)
     body = load_body_model()
     index = body.keypoint_vertices()
     matrices = body.keypoint_matrices(index)
-    rest = {k: v for k, v in rest_skeleton({k: 0.5 for k in PHENOTYPE_KEYS}).items() if k != "__vertices__"}
+    rest = poses.neutral_rest()
     points = np.zeros((count, 33, 3), np.float32)
     with torch.no_grad():
         for i in tqdm(range(count), desc="poses", file=sys.stderr):
             ph = sample_phenotype(rng)["phenotype"]
-            pose = poses.sample_pose(rng, rest)
-            rotvecs = np.stack([Rotation.from_matrix(pose["deltas"].get(b, np.eye(3))).as_rotvec() for b in FIT_BONES])
+            rotvecs = poses.fit_rotvecs(poses.sample_pose(rng, rest))
             rv, rh = body.rest(torch.tensor([ph[k] for k in PHENOTYPE_KEYS], dtype=torch.float64), index)
             pts, _ = body.mediapipe_points(body.pose(rv, rh, torch.as_tensor(rotvecs), index), matrices)
             points[i] = (pts - rh[0]).numpy()
@@ -134,14 +132,13 @@ def read_poses(paths) -> np.ndarray:
 def view(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each body (N, P, 3, Anny frame) seen by its own random orthographic camera: (N, P, 3) in the volume
     frame's axes (x right, y down, z away from the camera)."""
+    from scipy.spatial.transform import Rotation
+
     from core.frame import VOX_TO_METRIC_AXES
 
     n = len(points)
-    yaw = np.radians(rng.uniform(*YAW_DEG, n))
-    el = np.radians(rng.uniform(*ELEVATION_DEG, n))
-    c, s, ce, se, zero, one = np.cos(yaw), np.sin(yaw), np.cos(el), np.sin(el), np.zeros(n), np.ones(n)
-    turn = np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], 1)
-    tilt = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, ce, -se], -1), np.stack([zero, se, ce], -1)], 1)
+    turn = Rotation.from_euler("z", rng.uniform(*YAW_DEG, (n, 1)), degrees=True).as_matrix()  # about the body's up
+    tilt = Rotation.from_euler("x", rng.uniform(*ELEVATION_DEG, (n, 1)), degrees=True).as_matrix()  # camera above
     return np.einsum("nij,npj->npi", tilt @ VOX_TO_METRIC_AXES.T[None] @ turn, points)
 
 

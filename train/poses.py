@@ -195,6 +195,24 @@ def spec_to_deltas(spec: dict, rest: dict) -> dict:
     return deltas
 
 
+def neutral_rest() -> dict:
+    """The bone heads of anny's neutral body (every phenotype value 0.5): the skeleton the body model's pose
+    prior and the pose lifter's data draw their poses on."""
+    from core.body_model import PHENOTYPE_KEYS
+    from train.bodies import rest_skeleton
+
+    return {k: v for k, v in rest_skeleton({k: 0.5 for k in PHENOTYPE_KEYS}).items() if k != "__vertices__"}
+
+
+def fit_rotvecs(pose: dict) -> np.ndarray:
+    """(len(FIT_BONES), 3) a sampled pose's local-ref rotations of the bones the fit moves, as axis-angles."""
+    from scipy.spatial.transform import Rotation
+
+    from core.body_model import FIT_BONES
+
+    return np.stack([Rotation.from_matrix(pose["deltas"].get(b, np.eye(3))).as_rotvec() for b in FIT_BONES])
+
+
 def sample_pose(rng: np.random.Generator, rest: dict, kind: str | None = None,
                 perturb: float = 1.0) -> dict:
     """{'kind', 'mirrored', 'spec' (angles, JSON-able), 'deltas' ({bone: 3x3})} for one random pose."""
