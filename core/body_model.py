@@ -221,17 +221,19 @@ class BodyModel:
         weights."""
         from core.correspondence import MEDIAPIPE_TO_ANNY
 
-        vertex_index = np.asarray(vertex_index).tolist()
-        where = {int(v): i for i, v in enumerate(vertex_index)}
+        vertex_index = np.asarray(vertex_index, dtype=np.int64)
+        where = np.full(self.n_vertices, -1, dtype=np.int64)
+        where[vertex_index] = np.arange(len(vertex_index))
+        if (where[self.keypoint_vertices()] < 0).any():
+            raise ValueError("keypoint_matrices: vertex_index must include keypoint_vertices()")
         on_v = torch.zeros(33, len(vertex_index), dtype=torch.float64)
         on_h = torch.zeros(33, len(self.names), dtype=torch.float64)
         weight = torch.zeros(33, dtype=torch.float64)
         for mp, (kind, ref, w) in MEDIAPIPE_TO_ANNY.items():
             if kind == "coco":
-                for v, c in zip(self.coco_index[ref].tolist(), self.coco_weight[ref].tolist()):
-                    on_v[mp, where[v]] += c
+                on_v[mp].index_add_(0, torch.as_tensor(where[self.coco_index[ref].numpy()]), self.coco_weight[ref])
             elif kind == "vertex":
-                on_v[mp, where[self.extra[ref]]] = 1.0
+                on_v[mp, int(where[self.extra[ref]])] = 1.0
             else:
                 on_h[mp, self.names.index(ref)] = 1.0
             weight[mp] = w

@@ -15,7 +15,7 @@ roll), and per-vertex skin weights as (index, weight) pairs (M, K) whose weights
   as it is.
 * `transfer_skin_weights(...)`: weights for another surface (for example VRN's marching-cubes mesh) from a
   posed Anny-topology body in the same frame: each target vertex takes the closest point on the source
-  surface (trimesh proximity), interpolates the three corner weights barycentrically, keeps the `max_bones`
+  surface (`closest_point_near_vertices`), interpolates the three corner weights barycentrically, keeps the `max_bones`
   largest and renormalises to 1.
 * `pose_transforms(rig, {bone: R})` (forward kinematics, rotations about each bone's head in the rig's
   frame, applied to the bone and everything below it) and `skin(vertices, index, weight, transforms)` (LBS).
@@ -147,7 +147,6 @@ def transfer_skin_weights(src_vertices, src_faces, src_index, src_weight, dst_ve
 
     Returns (index (M, max_bones) int64, weight (M, max_bones) float32), rows summing to 1 (padding: weight 0).
     """
-    import trimesh
     from trimesh.triangles import points_to_barycentric
 
     sv = np.asarray(src_vertices, dtype=np.float64)
@@ -155,8 +154,7 @@ def transfer_skin_weights(src_vertices, src_faces, src_index, src_weight, dst_ve
     si, sw = np.asarray(src_index, dtype=np.int64), np.asarray(src_weight, dtype=np.float64)
     dst = np.asarray(dst_vertices, dtype=np.float64)
     bones = int(si.max()) + 1
-    mesh = trimesh.Trimesh(sv, sf, process=False)
-    closest, _, tri = trimesh.proximity.closest_point(mesh, dst)
+    closest, tri = closest_point_near_vertices(sv, sf, dst)
     bary = points_to_barycentric(sv[sf[tri]], closest)
     bary = np.clip(np.nan_to_num(bary, nan=1 / 3), 0.0, None)
     bary /= np.maximum(bary.sum(1, keepdims=True), 1e-12)
@@ -170,6 +168,34 @@ def transfer_skin_weights(src_vertices, src_faces, src_index, src_weight, dst_ve
     w = np.take_along_axis(dense, keep, axis=1)
     w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
     return keep.astype(np.int64), w.astype(np.float32)
+
+
+def closest_point_near_vertices(vertices, faces, points, candidates: int = 2):
+    """(closest point (M, 3), its face (M,)) on a dense mesh, searched among the faces around each point's
+    `candidates` nearest vertices. On the example photo's VRN surface (13,621 vertices) against the fitted body
+    it takes 0.08 s where trimesh.proximity.closest_point's exact search takes 0.93 s, and 1 point in 10,000
+    lands more than 1 mm further than the exact closest point (at most 7 mm)."""
+    from scipy.spatial import cKDTree
+    from trimesh.triangles import closest_point
+
+    v, f, p = (np.asarray(vertices, np.float64), np.asarray(faces, np.int64), np.asarray(points, np.float64))
+    order = np.argsort(f.ravel(), kind="stable")  # the faces around each vertex, padded with -1
+    vid, fid = f.ravel()[order], order // 3
+    counts = np.bincount(vid, minlength=len(v))
+    around = np.full((len(v), counts.max()), -1)
+    around[vid, np.arange(len(vid)) - (np.cumsum(counts) - counts)[vid]] = fid
+    _, near = cKDTree(v).query(p, min(candidates, len(v)))
+    cand = around[near.reshape(len(p), -1)].reshape(len(p), -1)
+    rows, cols = np.nonzero(cand >= 0)
+    tri = cand[rows, cols]
+    found = closest_point(v[f[tri]], p[rows])
+    dist = np.linalg.norm(found - p[rows], axis=1)
+    best = np.full(len(p), np.inf)
+    np.minimum.at(best, rows, dist)
+    hit = np.flatnonzero(dist <= best[rows])
+    _, first = np.unique(rows[hit], return_index=True)  # one face per point (ties: the first)
+    pick = hit[first]
+    return found[pick], tri[pick]
 
 
 def pose_transforms(rig: Rig, rotations: dict) -> np.ndarray:

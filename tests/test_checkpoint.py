@@ -218,3 +218,23 @@ def test_model_lookup_and_registry_need_no_torch_and_have_no_cycle():
             "assert 'core.checkpoint' not in sys.modules, 'cycle'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_inference_reads_a_model_once_per_file_version(tmp_path):
+    """core.reconstruct keeps loaded models (a warm add-on backend does not read the weights per photo); a model
+    file written again is read afresh."""
+    import shutil
+
+    from core.models import find_model, model_files
+    from core.reconstruct import _load_once
+
+    src = find_model("pose-lifter")
+    for path in src:
+        shutil.copy(path, tmp_path / path.name)
+    files = model_files(tmp_path / "pose-lifter")
+    first = _load_once(files, "cpu")
+    assert _load_once(files, "cpu") is first
+    st = files.weights.stat()
+    os.utime(files.weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    again = _load_once(files, "cpu")
+    assert again is not first and again.name == first.name

@@ -100,3 +100,25 @@ def test_rig_for_a_posed_body_follows_its_pose(anny):
     assert np.abs(body.axes[arm][:, 1] - want[:, 1]).max() < 0.01  # direction: from the joints
     assert np.abs(body.axes[arm] - want).max() < 0.1  # roll: from a rigid fit of blended vertices
     assert np.allclose(np.einsum("jab,jac->jbc", body.axes, body.axes), np.eye(3), atol=1e-6)
+
+
+def test_closest_point_near_vertices_matches_the_exact_search(anny, vrn_like):
+    """The fast search the weight transfer uses against trimesh's exact one, on a surface 0-2 cm off the body."""
+    import trimesh
+
+    from core.rig import closest_point_near_vertices
+
+    t, _ = anny
+    verts, _ = vrn_like
+    exact, exact_dist, _ = trimesh.proximity.closest_point(trimesh.Trimesh(t.rest_vertices, t.faces, process=False),
+                                                           verts)
+    found, face = closest_point_near_vertices(t.rest_vertices, t.faces, verts)
+    assert found.shape == verts.shape and face.shape == (len(verts),)
+    excess = np.linalg.norm(found - verts, axis=1) - exact_dist
+    assert excess.min() > -1e-5  # never closer than the closest point (up to trimesh's own rounding)
+    assert np.mean(excess > 1e-3) < 1e-3 and excess.max() < 0.01
+    # the found point lies on its face (barycentric coordinates in [0, 1])
+    from trimesh.triangles import points_to_barycentric
+
+    bary = points_to_barycentric(np.asarray(t.rest_vertices)[np.asarray(t.faces)[face]], found)
+    assert (bary > -1e-6).all() and np.allclose(bary.sum(1), 1.0)
