@@ -27,6 +27,9 @@ from core.networks.config_json import config_to_dict, pos_int, variant_defaults
 # Nose, inner eyes, ears, shoulders, elbows, wrists, hips, knees, ankles, heels, toes (mediapipe indices):
 # every landmark the fit's bone directions use, and the face points that say which way the person faces.
 LIFT_POINTS = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32)
+# Each mediapipe landmark's mirror image (left <-> right): `lift` also asks about the mirrored person and
+# averages the two answers (validation depth error 54.2 -> 53.4 mm with the first shipped lifter).
+MIRROR_33 = (0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, *[i + (1 if i % 2 else -1) for i in range(11, 33)])
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,15 @@ def lift(lifter: Lifter, points33: np.ndarray, visibility: np.ndarray, visible: 
     present = (np.nan_to_num(np.asarray(visibility, np.float64)[idx]) >= visible) & np.isfinite(xy).all(1)
     if present.sum() < 2:
         return None
-    feats, _, scale = lift_features(np.nan_to_num(xy), present)
+    # the mirrored person: x negated, each point in its mirror's slot (orthographic: depths stay as they are)
+    mirror = [idx.index(MIRROR_33[p]) if MIRROR_33[p] in idx else i for i, p in enumerate(idx)]
+    xy0 = np.nan_to_num(xy)
+    feats, _, scale = lift_features(np.stack([xy0, xy0[mirror] * [-1.0, 1.0]]), np.stack([present, present[mirror]]))
     with torch.no_grad():
         param = next(lifter.parameters())
-        z = lifter(torch.as_tensor(feats, dtype=param.dtype, device=param.device)[None])[0].cpu().numpy()
+        z = lifter(torch.as_tensor(feats, dtype=param.dtype, device=param.device)).cpu().numpy()
+    z = (z[0] + z[1][mirror]) / 2
+    scale = scale[0]
     out = np.full((33, 3), np.nan)
     out[idx, :2] = xy
     out[idx, 2] = z * scale
