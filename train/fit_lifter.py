@@ -38,6 +38,7 @@ from train.loop import Setup, Task, parse_flags, split_train_val, train
 POSES_FORMAT = "monohuman-lift-poses"
 YAW_DEG = (0.0, 360.0)
 ELEVATION_DEG = (-10.0, 25.0)  # train.scene's camera elevation range
+OUTLIER_SCALE = 3.0  # mediapipe's wrists and ankles scatter 2-3x NOISE_M about their mean on held-out renders
 LEGS = 13  # position in LIFT_POINTS from which the legs start (hips onwards)
 # Standard deviation per image axis (metres) of mediapipe's landmarks about their Anny points on 76 held-out
 # renders (docs/RESULTS.md, "Where the detector itself stands": 3 cm at the face, 4-5 at shoulders, elbows,
@@ -59,6 +60,7 @@ class LifterTrainConfig:
     lr_late: float = 1e-4
     lr_drop: float = 0.7
     noise_scale: float = 1.0  # times NOISE_M, the 2D noise mediapipe's landmarks have
+    outliers: float = 0.0  # probability that a point's 2D noise is OUTLIER_SCALE times larger
     drop: float = 0.05  # probability that one point is missing
     half_body: float = 0.1  # probability that a body's legs are missing
     val_samples: int = 1000
@@ -161,7 +163,10 @@ class LiftDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([cfg.seed, epoch + 1])
         cam = view(self.points, rng)
         n, p, _ = cam.shape
-        xy = cam[..., :2] + rng.normal(0.0, 1.0, (n, p, 2)) * self.noise
+        noise = rng.normal(0.0, 1.0, (n, p, 2)) * self.noise
+        if cfg.outliers > 0:
+            noise *= np.where(rng.random((n, p, 1)) < cfg.outliers, OUTLIER_SCALE, 1.0)
+        xy = cam[..., :2] + noise
         present = rng.random((n, p)) >= cfg.drop
         present[rng.random(n) < cfg.half_body, LEGS:] = False
         present[:, 5:7] = True  # the shoulders: a photo the fit accepts shows them
