@@ -255,18 +255,28 @@ def weights_abs_sum(path: Path) -> float:
     return sum(float(t.double().abs().sum()) for t in load_file(str(path)).values() if t.is_floating_point())
 
 
-def test_refactors_keep_the_numbers(data, tmp_path):
+def test_refactors_keep_the_numbers(data, tmp_path, on_recording_cpu):
     """A fixed-seed 4-epoch run (the learning rate drops after the second) gives the recorded per-epoch history
-    and weights; stopped mid-epoch and resumed, it ends on the same history and weights, bit for bit."""
+    and weights; stopped mid-epoch and resumed, it ends on the same history and weights, bit for bit. On
+    another CPU than the recording's (conftest.RECORDED_CPU): the two runs agree with each other and come
+    within 1e-6 of the recorded weights and 1e-3 of the recorded losses."""
     args = ["--data", data, "--out", tmp_path / "run", *SMALL, "--epochs", "4", "--lr", "1e-2", "--lr-late", "1e-3"]
     assert fit([str(a) for a in args]) == 0
     args = ["--data", data, "--out", tmp_path / "cut", *SMALL, "--epochs", "4", "--lr", "1e-2", "--lr-late", "1e-3"]
     assert fit([str(a) for a in args] + ["--max-steps", "3"]) == 0
     assert fit(["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    histories, sums = [], []
     for run in ("run", "cut"):
         meta = json.loads((tmp_path / run / "model.json").read_text())
-        assert [{k: v for k, v in h.items() if k != "samples_per_s"} for h in meta["metrics"]["history"]] == VRN_HISTORY
-        assert meta["metrics"]["val_iou"] == VRN_HISTORY[-1]["val_iou"]
-        assert weights_abs_sum(tmp_path / run / "model.safetensors") == pytest.approx(VRN_WEIGHTS_ABS_SUM, rel=1e-12)
-        if torch.__version__.split("+")[0] == RECORDED_TORCH:  # another build may round differently
-            assert file_sha256(tmp_path / run / "model.safetensors") in VRN_WEIGHTS_SHA256, run
+        histories.append([{k: v for k, v in h.items() if k != "samples_per_s"} for h in meta["metrics"]["history"]])
+        assert meta["metrics"]["val_iou"] == histories[-1][-1]["val_iou"]
+        sums.append(weights_abs_sum(tmp_path / run / "model.safetensors"))
+        if on_recording_cpu:
+            assert histories[-1] == VRN_HISTORY
+            assert sums[-1] == pytest.approx(VRN_WEIGHTS_ABS_SUM, rel=1e-12)
+            if torch.__version__.split("+")[0] == RECORDED_TORCH:  # another build may round differently
+                assert file_sha256(tmp_path / run / "model.safetensors") in VRN_WEIGHTS_SHA256, run
+        else:
+            assert histories[-1] == [pytest.approx(h, rel=1e-3) for h in VRN_HISTORY]
+            assert sums[-1] == pytest.approx(VRN_WEIGHTS_ABS_SUM, rel=1e-6)
+    assert histories[0] == histories[1] and sums[0] == pytest.approx(sums[1], rel=1e-12)

@@ -339,9 +339,10 @@ def synthetic_mesh_dataset(out: Path, count: int = 6) -> Path:
     return out
 
 
-def test_refactors_keep_the_numbers(tmp_path):
+def test_refactors_keep_the_numbers(tmp_path, on_recording_cpu):
     """A fixed-seed 3-epoch run gives the recorded per-epoch history and weights; stopped mid-epoch and resumed,
-    it ends on the same history and weights."""
+    it ends on the same history and weights. On another CPU than the recording's (conftest.RECORDED_CPU): the
+    two runs agree with each other and come within 2 % of the recorded weights and errors (or 0.001 in each loss term)."""
     import hashlib
 
     from safetensors.torch import load_file
@@ -355,17 +356,26 @@ def test_refactors_keep_the_numbers(tmp_path):
     assert main(args + ["--out", str(tmp_path / "run")]) == 0
     assert main(args + ["--out", str(tmp_path / "cut"), "--max-steps", "3"]) == 0
     assert main(["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    got = []
     for run in ("run", "cut"):
         meta = json.loads((tmp_path / run / "model.json").read_text())
-        assert [{k: v for k, v in h.items() if k != "seconds"} for h in meta["metrics"]["history"]] == HMNET_HISTORY
-        assert {k: v for k, v in meta["metrics"].items() if k != "history"} == {
-            "val_surface_mm": 175.74, "val_joint_mm": 158.7}
+        history = [{k: v for k, v in h.items() if k != "seconds"} for h in meta["metrics"]["history"]]
+        final = {k: v for k, v in meta["metrics"].items() if k != "history"}
         weights = load_file(str(tmp_path / run / "model.safetensors"))
         total = sum(float(t.double().abs().sum()) for t in weights.values() if t.is_floating_point())
-        assert total == pytest.approx(HMNET_WEIGHTS_ABS_SUM, rel=1e-12, abs=0), run
-        if torch.__version__.split("+")[0] == "2.13.0":  # the recording's; another build may round differently
-            sha = hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest()
-            assert sha in HMNET_WEIGHTS_SHA256, run
+        got.append((history, final, total))
+        if on_recording_cpu:
+            assert history == HMNET_HISTORY
+            assert final == {"val_surface_mm": 175.74, "val_joint_mm": 158.7}
+            assert total == pytest.approx(HMNET_WEIGHTS_ABS_SUM, rel=1e-12, abs=0), run
+            if torch.__version__.split("+")[0] == "2.13.0":  # the recording's; another build may round differently
+                sha = hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest()
+                assert sha in HMNET_WEIGHTS_SHA256, run
+        else:
+            assert history == [pytest.approx(h, rel=2e-2, abs=1e-3) for h in HMNET_HISTORY]  # L_JS ~0.005: 7 % apart
+            assert final == pytest.approx({"val_surface_mm": 175.74, "val_joint_mm": 158.7}, rel=2e-2)
+            assert total == pytest.approx(HMNET_WEIGHTS_ABS_SUM, rel=2e-2), run
+    assert got[0][:2] == got[1][:2] and got[0][2] == pytest.approx(got[1][2], rel=1e-12)
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
