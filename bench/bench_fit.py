@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.machine import describe  # noqa: E402
+from core.bodyfit import STAGES  # noqa: E402
 from train.poses import ARM_RAISED_KNEE_BENT  # noqa: E402
 
-SPLIT = ("detect", "fit_camera", "fit_pose", "fit_shape", "fit", "total")
+SPLIT = ("detect", *(f"fit_{s.name}" for s in STAGES), "fit", "total")
 POSE = ARM_RAISED_KNEE_BENT
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import describe  # noqa: E402
 from core.networks.vrn import VARIANTS, build_vrn, config_for  # noqa: E402
+from core.bodyfit import STAGES as FIT_STAGES  # noqa: E402
 from core.reconstruct import STAGES, reconstruct  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def median_time(fn, repeat: int, sync=lambda: None) -> float:
 
 PIPELINES = (("Fitted body", dict(method="fit")), ("VRN", dict(method="vrn")),
              ("VRN + rig", dict(method="vrn", rig=True)), ("HumanMeshNet", dict(method="hmnet")))
-FIT_SPLIT = ("fit_camera", "fit_pose", "fit_shape")  # the fit's own stages (core.bodyfit.STAGES)
+FIT_SPLIT = tuple(f"fit_{s.name}" for s in FIT_STAGES)  # the fit's own stages
 
 
 def pipeline_table(photo: Path, repeat: int) -> list[str]:

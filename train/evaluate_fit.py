@@ -67,7 +67,7 @@ def variant(name: str) -> Variant:
     elif name == "fit-no-elevation":
         priors.update(elevation=0.0)
     elif name == "fit-no-shape":
-        stages = [s for s in stages if s.name != "shape"]
+        stages = [s for s in stages if "shape" not in s.free]
     return Variant(tuple(stages), priors, name != "fit-rest-init", name != "fit-no-lifter", name != "fit-no-world")
 
 
