@@ -30,6 +30,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -141,29 +142,20 @@ class _Stages:
         return self.timings
 
 
-_LOADED: dict = {}  # (model files with their sizes and times, device) -> LoadedModel; the latest few
-_LOADED_MAX = 4
-
-
 def _load_once(files, device: str) -> LoadedModel:
     """A model read from disk once per process and file version: a warm add-on backend answers its next photo
     without reading the weights again (0.7 s of a 4.6 s call on the 2-core CPU). Inference never changes a
     loaded network; a retrained model (new file times or sizes) is read afresh."""
-    def version(path: Path):
-        try:
-            st = path.stat()
-        except OSError:
-            return None  # load_model names what is missing
-        return str(path.resolve()), st.st_mtime_ns, st.st_size
+    try:
+        version = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    except OSError:
+        return load_model(files.json, device=device)  # it names what is missing
+    return _load_version(str(files.json), version, device)
 
-    key = (version(files.json), version(files.weights), device)
-    if None in key[:2]:
-        return load_model(files.json, device=device)
-    if key not in _LOADED:
-        while len(_LOADED) >= _LOADED_MAX:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = load_model(files.json, device=device)
-    return _LOADED[key]
+
+@lru_cache(maxsize=4)
+def _load_version(json_path: str, version: tuple, device: str) -> LoadedModel:
+    return load_model(json_path, device=device)
 
 
 def _resolve_model(model, method: str, device: torch.device) -> LoadedModel:

@@ -175,15 +175,12 @@ def closest_point_near_vertices(vertices, faces, points, candidates: int = 2):
     `candidates` nearest vertices. On the example photo's VRN surface (13,621 vertices) against the fitted body
     it takes 0.08 s where trimesh.proximity.closest_point's exact search takes 0.93 s, and 1 point in 10,000
     lands more than 1 mm further than the exact closest point (at most 7 mm)."""
+    import trimesh
     from scipy.spatial import cKDTree
     from trimesh.triangles import closest_point
 
     v, f, p = (np.asarray(vertices, np.float64), np.asarray(faces, np.int64), np.asarray(points, np.float64))
-    order = np.argsort(f.ravel(), kind="stable")  # the faces around each vertex, padded with -1
-    vid, fid = f.ravel()[order], order // 3
-    counts = np.bincount(vid, minlength=len(v))
-    around = np.full((len(v), counts.max()), -1)
-    around[vid, np.arange(len(vid)) - (np.cumsum(counts) - counts)[vid]] = fid
+    around = trimesh.Trimesh(v, f, process=False).vertex_faces  # the faces around each vertex, padded with -1
     _, near = cKDTree(v).query(p, min(candidates, len(v)))
     cand = around[near.reshape(len(p), -1)].reshape(len(p), -1)
     rows, cols = np.nonzero(cand >= 0)
