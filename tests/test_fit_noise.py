@@ -14,7 +14,7 @@ from core.body_model import FIT_BONES, load_body_model
 from core.bodyfit import pose_body
 from core.errors import DataError
 from train.dataset import read_manifest
-from train.fit_noise import NoiseModel, parameter_errors, perturb, truth_params
+from train.fit_noise import SWAPS, NoiseModel, parameter_errors, perturb, rest_height, truth_params, with_truth
 from train.metrics_mesh import pa_mean_distance
 from train.samples import read_sample
 
@@ -67,6 +67,26 @@ def test_perturbed_bodies_are_as_wrong_as_the_noise(sample_and_truth):
 
     small, large = mean_error(0.5), mean_error(2.0)
     assert 5.0 < small < large, (small, large)
+
+
+def test_swapping_in_the_truth_fixes_only_what_it_names(sample_and_truth):
+    """`--swaps` scores the fit with one group of parameters from the truth: that group must equal the truth's,
+    the rest stay the fit's, and a true phenotype keeps the fit's size in the image."""
+    sample, truth = sample_and_truth
+    body = load_body_model()
+    fit = perturb(truth, _model(2.0), np.random.default_rng(3))
+    size = lambda p: p.scale * rest_height(p.phenotype, body)  # noqa: E731
+    both = with_truth(fit, truth, "pose+global", body)
+    assert np.array_equal(both.pose, truth.pose) and np.array_equal(both.global_rotation, truth.global_rotation)
+    assert np.array_equal(both.phenotype, fit.phenotype) and both.scale == fit.scale
+    shaped = with_truth(fit, truth, "phenotype", body)
+    assert np.array_equal(shaped.phenotype, truth.phenotype) and size(shaped) == pytest.approx(size(fit))
+    assert np.array_equal(shaped.pose, fit.pose)
+    sized = with_truth(fit, truth, "size", body)
+    assert size(sized) == pytest.approx(size(truth)) and np.array_equal(sized.phenotype, fit.phenotype)
+    everything = with_truth(fit, truth, "pose+global+phenotype+size", body)
+    assert _pa_mm(sample, everything, body) == pytest.approx(_pa_mm(sample, truth, body), abs=1e-6)
+    assert all(set(w.split("+")) <= {"global", "pose", "phenotype", "size"} for w in SWAPS)
 
 
 def test_noise_model_round_trip_and_refusal():

@@ -58,9 +58,10 @@ def test_features_are_invariant_to_image_scale_and_shift():
 
 def test_shipped_lifter_knows_depth_the_image_does_not_show(poses):
     """On bodies it never saw, from random views, the shipped lifter's depths are far closer to the truth than
-    'no depth' (every point at the mean depth). Its validation figure is 40-55 mm (docs/RESULTS.md)."""
+    'no depth' (every point at the mean depth). Its validation figure is 40-55 mm on the sampler's views, 74 mm
+    on mediapipe's landmarks of held-back renders when it learned from those too (docs/RESULTS.md)."""
     loaded = load_model("pose-lifter")
-    assert loaded.meta["metrics"]["val_depth_mm"] < 60
+    assert loaded.meta["metrics"]["val_depth_mm"] < (80 if loaded.meta.get("detections") else 60)
     cam = view(read_poses([poses])[:, list(LIFT_POINTS)], np.random.default_rng(7))
     errors, flat = [], []
     for body in cam:
@@ -118,3 +119,57 @@ def test_validation_views_stay_fixed_and_training_views_change(poses):
     before_fixed, before_moving = fixed.x.clone(), moving.x.clone()
     fixed.set_epoch(3), moving.set_epoch(3)
     assert torch.equal(fixed.x, before_fixed) and not torch.equal(moving.x, before_moving)
+
+
+@pytest.fixture(scope="module")
+def detections(tiny_dataset, tmp_path_factory):
+    """mediapipe on the tiny dataset's renders (train.detections), made in two goes as a stopped run is."""
+    from train.detections import make_detections
+
+    path = tmp_path_factory.mktemp("dets") / "dets.npz"
+    first = make_detections([tiny_dataset], path, split="train", limit=3)
+    whole = make_detections([tiny_dataset], path, split="train")
+    return path, first, whole
+
+
+def test_detections_sit_on_the_true_points_and_a_stopped_run_continues(detections):
+    from train.detections import read_detections
+
+    path, first, whole = detections
+    got = read_detections([path])
+    assert first["detections"] + first["no_person"] == 3
+    assert whole["detections"] + whole["no_person"] == 12 and whole["detections"] >= 8
+    assert len(set(got["files"])) == len(got["files"]) == whole["detections"]
+    vis = got["visibility"] >= 0.5
+    joints = [11, 12, 23, 24, 25, 26]  # shoulders, hips, knees: where a 64 px render still shows the joint
+    miss = np.linalg.norm(got["points"] - got["truth"][..., :2], axis=-1)[:, joints][vis[:, joints]]
+    assert np.median(miss) < 3.0  # volume pixels of a 64-wide frame
+    assert np.isnan(got["truth"][:, 17:23]).all() and np.isfinite(got["truth"][:, LIFT_POINTS]).all()
+    assert np.all(got["mm_per_unit"] > 0)
+
+
+def test_lifter_learns_from_real_detections_and_scores_them(poses, detections, tmp_path, capsys):
+    from train.detections import read_detections
+    from train.fit_lifter import DetectionDataset
+
+    path = detections[0]
+    data = read_detections([path])
+    fixed, moving = DetectionDataset(data, LIFT_POINTS, 0, True), DetectionDataset(data, LIFT_POINTS, 0, False)
+    before = moving.x.clone()
+    moving.set_epoch(1), fixed.set_epoch(1)
+    assert torch.equal(fixed.x, DetectionDataset(data, LIFT_POINTS, 0, True).x)
+    assert not torch.equal(moving.x, before)  # about half the people mirrored
+    present = fixed.weight > 0
+    assert torch.allclose((fixed.target * present).sum(1), torch.zeros(len(fixed)), atol=1e-4)  # depths about their mean
+
+    run = tmp_path / "run"
+    args = ["--data", str(poses), "--detections", str(path), "--real-repeat", "3", "--out", str(run),
+            "--variant", "lifter-small", "--width", "32", "--batch-size", "16", "--epochs", "2", "--threads", "1"]
+    assert main(args) == 0
+    log = (run / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and all(np.isfinite(float(row.split(",")[4])) for row in log[1:])
+    assert load_model(run / "model.json").meta["detections"] == [str(path)]
+    capsys.readouterr()
+    assert main(["--score", str(path), "--out", str(run)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["detections"] == len(data["points"]) and 0 < scored["depth_mm_mean"] < 1000

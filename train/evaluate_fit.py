@@ -28,13 +28,12 @@ import torch
 from tqdm import tqdm
 
 from core.bodyfit import PRIOR_WEIGHTS, STAGES, evidence_from_detection, fit_body, initial_params, pose_from_body
-from core.crop import CropBox
 from core.errors import NoPersonError
 from train.dataset import read_manifest
+from train.detections import detect_render
 from train.samples import read_sample
 
 IOU_SHAPE = (64, 64, 64)
-UPSCALE = 4  # the 128 px render is shown to mediapipe at 512 px, like a photo
 ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-lifter", "fit-no-world", "fit-no-pose-prior",
              "fit-no-elevation", "fit-no-shape", "fit-rest-init")
 
@@ -75,14 +74,11 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
     """The fitted body of one sample in its volume frame, or a reason it could not be fitted."""
     import cv2
 
-    from core.detect import detect_person
     from core.reconstruct import predict_body
 
     shape = tuple(int(v) for v in sample["volume_shape"])
-    rgb = cv2.resize(sample["rgb"], None, fx=UPSCALE, fy=UPSCALE, interpolation=cv2.INTER_CUBIC)
-    det = detect_person(rgb)
+    det, box = detect_render(sample)
     h_in, w_in = sample["rgb"].shape[:2]
-    box = CropBox(0.0, 0.0, float(w_in * UPSCALE), float(h_in * UPSCALE))
     how = variant(name)
     ev = evidence_from_detection(det, box, shape, lifted=how.lifter)
     if not how.world:

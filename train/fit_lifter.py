@@ -75,6 +75,9 @@ class LifterTrainConfig:
     name: str = ""
     make_poses: str = ""  # write a pose file of --count bodies here, then exit
     count: int = 40000
+    detections: list[str] = field(default_factory=list)  # real detections (train.detections) to learn from too
+    real_repeat: int = 10  # times each real detection is seen per epoch (the poses: once)
+    score: str = ""  # a detection file: print the depth error of the model at --out (a run or a model name), exit
 
 
 def parse_config(argv=None) -> LifterTrainConfig:
@@ -144,6 +147,15 @@ def view(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.einsum("nij,npj->npi", tilt @ VOX_TO_METRIC_AXES.T[None] @ turn, points)
 
 
+def depth_targets(xy: np.ndarray, z: np.ndarray, present: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, P) points seen at `xy` with depths `z` -> the lifter's features, each point's depth about the mean
+    of the present ones in the features' unit, and that unit (`lift_features`' scale)."""
+    feats, _, scale = lift_features(xy, present)
+    mean_z = (z * present).sum(1) / np.maximum(present.sum(1), 1)
+    depth = (z - mean_z[:, None]) / scale[:, None]
+    return torch.from_numpy(feats), torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(scale.astype(np.float32))
+
+
 class LiftDataset(torch.utils.data.Dataset):
     """(features, depths, scale in metres) per body; the views are drawn for the whole set at `set_epoch`
     (vectorised: 40,000 bodies in about a second), fixed ones when `fixed`."""
@@ -170,15 +182,75 @@ class LiftDataset(torch.utils.data.Dataset):
         present = rng.random((n, p)) >= cfg.drop
         present[rng.random(n) < cfg.half_body, LEGS:] = False
         present[:, 5:7] = True  # the shoulders: a photo the fit accepts shows them
-        feats, _, scale = lift_features(xy, present)
-        z = cam[..., 2]
-        mean_z = (z * present).sum(1) / present.sum(1)
-        self.x = torch.from_numpy(feats)
-        self.z = torch.from_numpy(((z - mean_z[:, None]) / scale[:, None]).astype(np.float32))
-        self.scale = torch.from_numpy(scale.astype(np.float32))
+        self.x, self.z, self.scale = depth_targets(xy, cam[..., 2], present)
+        self.ones = torch.ones(p)
+
+    def __getitem__(self, i):  # every point's depth is known here: weight 1 (as DetectionDataset's form)
+        return self.x[i], self.z[i], self.scale[i], self.ones
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Mediapipe's landmarks on renders against their true depths (`train.detections`), in the same
+    (features, depths, scale in metres) form as `LiftDataset`; unless `fixed`, each epoch shows a random half
+    of the people mirrored, as `lift` asks about both."""
+
+    def __init__(self, data: dict, points_index, seed: int, fixed: bool):
+        from core.bodyfit import VISIBLE
+        from core.networks.lifter import mirror_slots
+
+        idx = list(points_index)
+        self.xy, self.z = data["points"][:, idx].astype(np.float64), data["truth"][:, idx, 2].astype(np.float64)
+        self.present = (data["visibility"][:, idx] >= VISIBLE) & np.isfinite(self.xy).all(-1) & np.isfinite(self.z)
+        self.present[self.present.sum(1) < 2] = False
+        self.metres = data["mm_per_unit"].astype(np.float64) / 1000.0
+        self.mirror, self.seed, self.fixed = mirror_slots(idx), seed, fixed
+        self.set_epoch(-1)
+
+    def __len__(self):
+        return len(self.xy)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.fixed and epoch >= 0:
+            return
+        xy, z, present = self.xy.copy(), self.z.copy(), self.present.copy()
+        if not self.fixed:
+            flip = np.random.default_rng([self.seed, epoch + 1, 7]).random(len(xy)) < 0.5
+            m = self.mirror
+            xy[flip], z[flip], present[flip] = xy[flip][:, m] * [-1.0, 1.0], z[flip][:, m], present[flip][:, m]
+        self.x, target, scale = depth_targets(np.nan_to_num(xy), np.nan_to_num(z), present)
+        self.target = target * torch.from_numpy(present.astype(np.float32))
+        self.weight = torch.from_numpy(present.astype(np.float32))
+        self.scale = scale * torch.from_numpy(self.metres.astype(np.float32))
 
     def __getitem__(self, i):
-        return self.x[i], self.z[i], self.scale[i]
+        return self.x[i], self.target[i], self.scale[i], self.weight[i]
+
+
+class _Both(torch.utils.data.ConcatDataset):
+    """The sampler's poses and the real detections as one training set; `set_epoch` reaches both."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+
+def depth_error_mm(lifter, data: dict) -> np.ndarray:
+    """Per detection, the mean depth error (mm) of `lift` (as the fit asks it: both the person and the mirror)
+    over the landmarks it places, against the truth, each set's mean depth removed."""
+    from core.bodyfit import VISIBLE
+    from core.networks.lifter import lift
+
+    idx = list(lifter.config.points)
+    out = np.full(len(data["points"]), np.nan)
+    for i in range(len(out)):
+        got = lift(lifter, data["points"][i], data["visibility"][i], VISIBLE)
+        if got is None:
+            continue
+        z, t = got[idx, 2], data["truth"][i, idx, 2]
+        ok = np.isfinite(z) & np.isfinite(t) & (data["visibility"][i, idx] >= VISIBLE)
+        if ok.sum() >= 2:
+            out[i] = np.abs((z[ok] - z[ok].mean()) - (t[ok] - t[ok].mean())).mean() * data["mm_per_unit"][i]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,20 +268,33 @@ class LifterTask(Task):
         val_set = LiftDataset(points, cfg, net_cfg.points, fixed=True)
         train_idx, val_idx = split_train_val(train_set, cfg.val_samples, cfg.seed)
         model = build_lifter(net_cfg).to(device)
-        return Setup(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), train_set,
-                     torch.utils.data.Subset(train_set, train_idx), torch.utils.data.Subset(val_set, val_idx))
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        if not cfg.detections:
+            return Setup(model, optimizer, train_set, torch.utils.data.Subset(train_set, train_idx),
+                         torch.utils.data.Subset(val_set, val_idx))
+        # with real detections, their held-back people are the validation: what the fit will meet
+        from train.detections import read_detections
+
+        dets = read_detections(cfg.detections)
+        real = DetectionDataset(dets, net_cfg.points, cfg.seed, fixed=False)
+        real_train, real_val = split_train_val(real, cfg.val_samples, cfg.seed)
+        both = _Both([train_set, real])
+        order = train_idx + [len(train_set) + i for i in real_train] * cfg.real_repeat
+        return Setup(model, optimizer, both, torch.utils.data.Subset(both, order),
+                     torch.utils.data.Subset(DetectionDataset(dets, net_cfg.points, cfg.seed, fixed=True), real_val))
 
     def loss(self, model, batch, device):
-        x, z, _ = (t.to(device) for t in batch)
-        loss = (model(x) - z).abs().mean()
+        x, z, _, w = (t.to(device) for t in batch)
+        loss = ((model(x) - z).abs() * w).sum() / w.sum().clamp_min(1.0)
         return loss, {"train_loss": float(loss.detach())}
 
     def evaluate(self, model, loader, device) -> tuple[dict, int]:
         model.eval()
         total, count = 0.0, 0
         with torch.inference_mode():
-            for x, z, scale in loader:
-                err = (model(x.to(device)).cpu() - z).abs().mean(1) * scale * 1000.0
+            for batch in loader:
+                x, z, scale, w = (t.to(device) for t in batch)
+                err = ((model(x) - z).abs() * w).sum(1) / w.sum(1).clamp_min(1.0) * scale * 1000.0
                 total, count = total + float(err.sum()), count + len(x)
         model.train()
         return {"depth_mm": total}, count
@@ -218,9 +303,26 @@ class LifterTask(Task):
         return {"seconds": round(seconds, 1), "samples_per_s": round(samples / max(seconds, 1e-9))}
 
     def export_meta(self, cfg: LifterTrainConfig) -> dict:
+        real = {"detections": list(cfg.detections), "real_repeat": cfg.real_repeat} if cfg.detections else {}
         return {"views": {"yaw_deg": list(YAW_DEG), "elevation_deg": list(ELEVATION_DEG),
                           "noise_m": {str(k): v * cfg.noise_scale for k, v in NOISE_M.items()},
-                          "drop": cfg.drop, "half_body": cfg.half_body}}
+                          "drop": cfg.drop, "half_body": cfg.half_body}, **real}
+
+
+def score(model, detections) -> int:
+    """Print the depth error of a lifter (a run folder, a model file or a shipped model's name) on real
+    detections: mean, median and the share under 50 mm."""
+    from core.checkpoint import load_model
+    from train.detections import read_detections
+
+    path = Path(model).expanduser()
+    lifter = load_model(path / "model.json" if path.is_dir() else model).network
+    err = depth_error_mm(lifter, read_detections([detections]))
+    ok = err[np.isfinite(err)]
+    print(json.dumps({"model": str(model), "detections": len(ok), "depth_mm_mean": round(float(ok.mean()), 2),
+                      "depth_mm_median": round(float(np.median(ok)), 2),
+                      "under_50mm": round(float((ok < 50).mean()), 3)}))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -230,6 +332,8 @@ def main(argv=None) -> int:
         if cfg.make_poses:
             print(f"wrote {make_poses(cfg.make_poses, cfg.count, cfg.seed)}", file=sys.stderr)
             return 0
+        if cfg.score:
+            return score(cfg.out, cfg.score)
         return train(LifterTask(), cfg, " ".join(["python -m train.fit_lifter", *map(shlex.quote,
                                                                                      argv or sys.argv[1:])]))
 

@@ -14,6 +14,9 @@ of:
 * the phenotype error, the body's size in the image (log of scale x rest height: a photo pins down that
   product, not height and scale apart) and the translation error (in metres of the body).
 
+With `--swaps` it also says where the error is: the fit scored again with each group of its parameters (global
+rotation, pose, phenotype, size in the image) replaced by the truth's (`with_truth`).
+
 `perturb(params, noise, rng)` draws a body as wrong as the fit typically is; the check that the model is
 right is that perturbed truths land as far from the truth (PA surface error) as the real fits do.
 """
@@ -181,6 +184,27 @@ def perturb(params: FitParams, noise: NoiseModel, rng: np.random.Generator, body
     return FitParams(phenotype, pose, glob.as_rotvec(), scale, translation)
 
 
+# Where the fit's error is (`--swaps`): the fit with one group of its parameters replaced by the truth's. A true
+# phenotype comes with the scale that keeps the fit's size in the image (what the photo pins down); "size" is the
+# true size with the fit's phenotype.
+SWAPS = ("global", "pose", "phenotype", "size", "phenotype+size", "pose+global")
+
+
+def with_truth(fit: FitParams, truth: FitParams, what: str, body=None) -> FitParams:
+    """`fit` with the groups named in `what` (joined by "+", from SWAPS) taken from `truth`."""
+    out, groups = fit, set(what.split("+"))
+    if "global" in groups:
+        out = dataclasses.replace(out, global_rotation=truth.global_rotation)
+    if "pose" in groups:
+        out = dataclasses.replace(out, pose=truth.pose)
+    if groups & {"phenotype", "size"}:
+        size = (truth.scale * rest_height(truth.phenotype, body) if "size" in groups
+                else fit.scale * rest_height(fit.phenotype, body))
+        phenotype = truth.phenotype if "phenotype" in groups else fit.phenotype
+        out = dataclasses.replace(out, phenotype=phenotype, scale=size / rest_height(phenotype, body))
+    return out
+
+
 def centred_errors(vertices: np.ndarray, sample: dict) -> dict:
     """Mean vertex error (mm) with both bodies centred but not rotated or scaled, split into the image plane
     and depth: how much of the error the photo could have shown."""
@@ -190,7 +214,7 @@ def centred_errors(vertices: np.ndarray, sample: dict) -> dict:
     return {"image": float(np.linalg.norm(d[:, :2], axis=1).mean() * mm), "depth": float(np.abs(d[:, 2]).mean() * mm)}
 
 
-def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> dict:
+def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0, swaps: bool = False) -> dict:
     """Fit `limit` held-out samples; the noise model, where the fits' errors are (per part, image plane against
     depth), and the PA surface error (mm) of the real fits beside
     that of perturbed truths drawn from the model (the model's check), and the ceiling: the errors of the truth
@@ -206,6 +230,7 @@ def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> d
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     rows = [r for d in dirs for r in read_manifest(d) if r.get("split") == split][:limit]
     errors, truths, fit_mm, ceiling, parts, centred = [], [], [], [], [], []
+    swapped = {w: [] for w in ("none", *SWAPS)} if swaps else {}
     for row in tqdm(rows, desc="fit noise", file=sys.stderr):
         sample = read_sample(row["path"])
         try:
@@ -220,6 +245,10 @@ def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> d
         parts.append(got["pa_part_mm"])
         centred.append(centred_errors(fitted.vertices, sample))
         ceiling.append(sample_errors(sample, pose_body(truth, fitted.volume_shape, body).vertices))
+        for what in swapped:
+            scored = got if what == "none" else sample_errors(
+                sample, pose_body(with_truth(fitted.params, truth, what, body), fitted.volume_shape, body).vertices)
+            swapped[what].append((scored["pa_surface_mm"], scored["iou"]))
     model = noise_model(errors)
     rng = np.random.default_rng(seed)
     drawn_mm = [sample_errors(s, pose_body(perturb(t, model, rng, body), tuple(int(x) for x in s["volume_shape"]),
@@ -229,7 +258,9 @@ def measure(data_dirs, limit: int = 60, split: str = "test", seed: int = 0) -> d
             "perturbed_truth_pa_surface_mm": float(np.mean(drawn_mm)), "samples": len(errors),
             "ceiling": {k: float(np.mean([c[k] for c in ceiling])) for k in ("pa_surface_mm", "pa_joint_mm", "iou")},
             "fit_pa_part_mm": {k: float(np.mean([p[k] for p in parts])) for k in parts[0]},
-            "fit_centred_mm": {k: float(np.mean([c[k] for c in centred])) for k in centred[0]}}
+            "fit_centred_mm": {k: float(np.mean([c[k] for c in centred])) for k in centred[0]},
+            **({"swaps": {w: dict(zip(("pa_surface_mm", "iou"), np.mean(v, 0).round(4).tolist()))
+                          for w, v in swapped.items()}} if swaps else {})}
 
 
 def main(argv=None) -> int:
@@ -238,17 +269,21 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=60, help="held-out samples to fit (default 60)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", required=True, help="where the noise model JSON goes")
+    parser.add_argument("--swaps", action="store_true",
+                        help="also score the fit with each group of its parameters replaced by the truth's")
     args = parser.parse_args(argv)
 
     def run() -> int:
         number("--limit", args.limit, integer=True, lo=1)
-        out = measure(args.data, args.limit, args.split)
+        out = measure(args.data, args.limit, args.split, swaps=args.swaps)
         write_atomic(Path(args.out), json.dumps(out, indent=1))
         g = np.degrees(out["noise"]["global_std"])
         print(f"{out['samples']} fits: global rotation error std {g.round(1).tolist()} deg (about the camera-facing x right, y depth, z up); "
               f"PA surface {out['fit_pa_surface_mm']:.1f} mm for the fits, "
               f"{out['perturbed_truth_pa_surface_mm']:.1f} mm for truths perturbed by the model; ceiling (the truth in "
               f"the fit's parameters) PA {out['ceiling']['pa_surface_mm']:.1f} mm, IoU {out['ceiling']['iou']:.3f}")
+        for what, got in out.get("swaps", {}).items():
+            print(f"  the fit with the true {what:15s} PA surface {got['pa_surface_mm']:6.1f} mm  IoU {got['iou']:.3f}")
         return 0
 
     return run_command(run)

@@ -97,7 +97,7 @@ def parse_flags(config_class, prog: str, description: str, argv=None, choices: d
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             parser.add_argument(flag, action="store_true")
-        elif f.name == "data":
+        elif str(f.type).startswith("list"):
             parser.add_argument(flag, nargs="+", default=[])
         else:
             kind = {"int": int, "float": float}.get(f.type, str)

@@ -114,6 +114,13 @@ def lift_features(xy: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.n
     return feats.astype(np.float32), centre, scale
 
 
+def mirror_slots(points) -> list[int]:
+    """For each of `points` (mediapipe indices), the position in `points` of its mirror image (itself where the
+    mirror is not among them)."""
+    points = list(points)
+    return [points.index(MIRROR_33[p]) if MIRROR_33[p] in points else i for i, p in enumerate(points)]
+
+
 def lift(lifter: Lifter, points33: np.ndarray, visibility: np.ndarray, visible: float = 0.5) -> np.ndarray | None:
     """(33, 3) the landmarks with a depth, in the unit and frame of `points33` (NaN rows for landmarks the
     lifter does not place), or None when fewer than two of its points are visible."""
@@ -123,7 +130,7 @@ def lift(lifter: Lifter, points33: np.ndarray, visibility: np.ndarray, visible: 
     if present.sum() < 2:
         return None
     # the mirrored person: x negated, each point in its mirror's slot (orthographic: depths stay as they are)
-    mirror = [idx.index(MIRROR_33[p]) if MIRROR_33[p] in idx else i for i, p in enumerate(idx)]
+    mirror = mirror_slots(idx)
     xy0 = np.nan_to_num(xy)
     feats, _, scale = lift_features(np.stack([xy0, xy0[mirror] * [-1.0, 1.0]]), np.stack([present, present[mirror]]))
     with torch.no_grad():
