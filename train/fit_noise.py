@@ -283,7 +283,8 @@ def main(argv=None) -> int:
               f"{out['perturbed_truth_pa_surface_mm']:.1f} mm for truths perturbed by the model; ceiling (the truth in "
               f"the fit's parameters) PA {out['ceiling']['pa_surface_mm']:.1f} mm, IoU {out['ceiling']['iou']:.3f}")
         for what, got in out.get("swaps", {}).items():
-            print(f"  the fit with the true {what:15s} PA surface {got['pa_surface_mm']:6.1f} mm  IoU {got['iou']:.3f}")
+            label = "the fit as it is" if what == "none" else f"the fit with the true {what}"
+            print(f"  {label:38s} PA surface {got['pa_surface_mm']:6.1f} mm  IoU {got['iou']:.3f}")
         return 0
 
     return run_command(run)
