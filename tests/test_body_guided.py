@@ -94,7 +94,12 @@ def test_guided_evaluation_fits_every_sample(guided_model, guided_data):
     with mock.patch.object(evaluate, "fitted_guide", wraps=evaluate.fitted_guide) as fitted:
         summary = evaluate.evaluate_model(str(guided_model), [str(guided_data)], surface=False, device="cpu")
     assert summary["samples"] == 4 and fitted.call_count == 4
-    assert 0.0 <= summary["iou_mean"] <= 1.0
+    assert 0.0 <= summary["iou_mean"] <= 1.0 and "guide" not in summary
+    # --true-guide (analysis only) gives it the true bodies instead, and says so in the figures
+    with mock.patch.object(evaluate, "fitted_guide", wraps=evaluate.fitted_guide) as fitted:
+        ceiling = evaluate.evaluate_model(str(guided_model), [str(guided_data)], surface=False, device="cpu",
+                                          true_guide=True)
+    assert fitted.call_count == 0 and ceiling["samples"] == 4 and "true body" in ceiling["guide"]
 
 
 @pytest.fixture(scope="module")

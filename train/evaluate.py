@@ -78,11 +78,22 @@ def fitted_guide(sample: dict, initialiser, device) -> np.ndarray:
     return body_guide(vertices, load_template().faces, shape, sample["rgb"].shape[:2])
 
 
+def true_body_guide(sample: dict) -> np.ndarray:
+    """The guide planes of the sample's own body (under any garments): what a perfect fit would give."""
+    from core.guide import body_guide
+    from core.template import load_template
+
+    shape = tuple(int(x) for x in sample["volume_shape"])
+    return body_guide(sample["vertices_vox"], load_template().faces, shape, sample["rgb"].shape[:2])
+
+
 def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, surface: bool = True,
-                   device: str = "auto", depth_anchor: str | None = None, match_mask: bool = True) -> dict:
+                   device: str = "auto", depth_anchor: str | None = None, match_mask: bool = True,
+                   true_guide: bool = False) -> dict:
     """Held-out figures of one model; targets aligned by `depth_anchor` (default: the model's own); the volume
     keeps to the sample's (detected) person mask as inference does (`core.silhouette`) unless match_mask=False
-    (the network's own volume: how Table 1 compares networks)."""
+    (the network's own volume: how Table 1 compares networks). true_guide=True gives a body-guided model the
+    sample's true body instead of the fit: never a result, the ceiling a perfect fit would give the network."""
     torch_device = pick_device(device)
     loaded = load_model(model_ref, device=str(torch_device))
     cfg = loaded.config
@@ -100,7 +111,8 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
         sample = read_sample(row["path"])
         k = pooling_factor(sample["volume"].shape, cfg.volume_shape)  # a coarser model on finer data
         target = target_volume(sample["volume"], cfg.volume_shape, anchor)
-        body = fitted_guide(sample, initialiser, torch_device) if initialiser is not None else None
+        body = None if initialiser is None else true_body_guide(sample) if true_guide else fitted_guide(
+            sample, initialiser, torch_device)
         mask = training_mask(sample)
         x = encode(sample["rgb"], inference_landmarks(sample), mask, cfg.inputs, body=body)
         prob = predict_volume(loaded, x, torch_device)
@@ -125,7 +137,8 @@ def evaluate_model(model_ref, data_dirs, split: str = "test", limit: int = 0, su
             entry.update(surface_distances_mm(pred_mesh, gt_mesh, samples=5000))
         per_sample.append(entry)
     summary = {"model": loaded.name, "variant": cfg.variant, "samples": len(per_sample), "split": split,
-               "level": surface_level(loaded), "depth_anchor": anchor, "match_mask": match_mask}
+               "level": surface_level(loaded), "depth_anchor": anchor, "match_mask": match_mask,
+               **({"guide": "the true body (a ceiling, not a result)"} if true_guide and initialiser else {})}
     for key in ("iou", "iou_at_model_level", "iou_best_depth_shift", "silhouette_iou", "chamfer_mm", "p2s_mm",
                 "iou_raw", "silhouette_iou_raw"):
         values = [e[key] for e in per_sample if key in e]
@@ -268,6 +281,8 @@ def _main(argv=None) -> int:
                         help="also reconstruct this many photo-like renders end to end (silhouette agreement)")
     parser.add_argument("--raw-surface", action="store_true",
                         help="the network's own volume, not kept to the person mask (core.silhouette)")
+    parser.add_argument("--true-guide", action="store_true",
+                        help="analysis only: give a body-guided model the true body instead of the fit (a ceiling)")
     args = parser.parse_args(argv)
     try:
         if all(model_method(m) == "hmnet" for m in args.model):
@@ -276,7 +291,7 @@ def _main(argv=None) -> int:
             job = MeshEvaluation(args.data, args.model, args.split, args.limit, args.device, args.write, args.json)
             return evaluate_meshes(job, command_of(argv))
         summaries = [evaluate_model(m, args.data, args.split, args.limit, not args.no_surface, args.device,
-                                    args.depth_anchor, not args.raw_surface) for m in args.model]
+                                    args.depth_anchor, not args.raw_surface, args.true_guide) for m in args.model]
     except MonohumanError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
