@@ -71,13 +71,13 @@ class GuideMaker:
     """Draws the guide of a sample: its true body perturbed by the noise model, posed, as `core.guide.body_guide`
     planes (depth-anchored as inference anchors the fit)."""
 
-    def __init__(self, rows: list[dict], noise_path=None):
+    def __init__(self, rows: list[dict], noise_path=None, least_noise: float = 1.0):
         from core.body_model import load_body_model
         from core.template import load_template
 
         self.body = load_body_model()
         self.faces = load_template().faces
-        self.noise = read_noise(noise_path)
+        self.noise, self.least_noise = read_noise(noise_path), least_noise
         self.params: dict[str, FitParams] = {}
         by_dir: dict[str, list[str]] = {}
         for row in rows:
@@ -90,6 +90,8 @@ class GuideMaker:
     def draw(self, path: str, rng: np.random.Generator, volume_shape, input_hw) -> np.ndarray:
         from train.fit_noise import perturb
 
-        params = perturb(self.params[str(path)], self.noise, rng, self.body)
+        # each draw as wrong as the fit times U(least_noise, 1): with less than 1 the network also meets good guides
+        amount = 1.0 if self.least_noise >= 1.0 else rng.uniform(self.least_noise, 1.0)
+        params = perturb(self.params[str(path)], self.noise, rng, self.body, amount)
         vertices = pose_body(params, volume_shape, self.body).vertices
         return body_guide(vertices, self.faces, volume_shape, input_hw)

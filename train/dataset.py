@@ -170,7 +170,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dirs, split: str | None, inputs, volume_shape=None, augment: Augment = NO_AUGMENT,
                  detected_landmarks: float = 0.5, seed: int = 0, depth_anchor: str = "vertex-mean",
-                 fit_noise: str = ""):
+                 fit_noise: str = "", least_noise: float = 1.0):
         dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
         rows = [row for d in dirs for row in read_manifest(d)]
         self.rows = [r for r in rows if split is None or r.get("split") == split]
@@ -193,7 +193,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         if "body" in self.inputs:
             from train.body_guides import GuideMaker
 
-            self.guides = GuideMaker(self.rows, fit_noise or None)
+            self.guides = GuideMaker(self.rows, fit_noise or None, least_noise)
 
     def __len__(self) -> int:
         return len(self.rows)

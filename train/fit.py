@@ -51,6 +51,7 @@ class TrainConfig:
     iou_weight: float = 0.0  # weight of the soft-IoU term added to the paper's BCE; 0 = BCE only (paper)
     depth_anchor: str = "vertex-mean"  # how targets are aligned in depth: vertex-mean (paper) | centroid
     fit_noise: str = ""  # body-guided variants: the fit's noise model (train.fit_noise); empty = models/fit-noise.json
+    least_noise: float = 1.0  # body-guided: each training guide's noise is the model's times U(least_noise, 1)
     val_samples: int = 64  # training-split bodies held back for the validation IoU
     detected_landmarks: float = 0.5  # fraction of samples fed mediapipe's landmarks instead of projected ones
     workers: int = 2  # data loader processes
@@ -82,7 +83,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         number(f"--{name.replace('_', '-')}", getattr(cfg, name), integer=True, lo=1 if name in positive else 0)
     number("--lr", cfg.lr, lo=0, lo_open=True)
     number("--lr-late", cfg.lr_late)
-    for name in ("lr_drop", "detected_landmarks"):
+    for name in ("lr_drop", "detected_landmarks", "least_noise"):
         number(f"--{name.replace('_', '-')}", getattr(cfg, name), lo=0, hi=1)
     number("--iou-weight", cfg.iou_weight, lo=0)
     choice("--variant", cfg.variant, tuple(VARIANTS))
@@ -134,7 +135,7 @@ class VRNTask(Task):
         net_cfg = net_config(cfg, probe)
         volume_shape = net_cfg.volume_shape
         train_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, Augment(), cfg.detected_landmarks,
-                                  cfg.seed, cfg.depth_anchor, cfg.fit_noise)
+                                  cfg.seed, cfg.depth_anchor, cfg.fit_noise, cfg.least_noise)
         val_set = VolumeDataset(cfg.data, "train", net_cfg.inputs, volume_shape, seed=cfg.seed,
                                 detected_landmarks=1.0, depth_anchor=cfg.depth_anchor, fit_noise=cfg.fit_noise)
         self.guided = "body" in net_cfg.inputs
@@ -178,7 +179,7 @@ class VRNTask(Task):
             return {}
         from train.body_guides import read_noise
 
-        return {"guide": {"noise": read_noise(cfg.fit_noise or None).to_json(),
+        return {"guide": {"noise": read_noise(cfg.fit_noise or None).to_json(), "least_noise": cfg.least_noise,
                           "truth": "train.fit_noise.truth_params (80 steps), perturbed per draw"}}
 
     def timing(self, seconds: float, samples: int) -> dict:

@@ -168,14 +168,14 @@ def noise_model(errors: list[dict]) -> NoiseModel:
                       spread("translation_m"), flip_rate=float(1 - upright.mean()), samples=len(errors))
 
 
-def perturb(params: FitParams, noise: NoiseModel, rng: np.random.Generator, body=None) -> FitParams:
+def perturb(params: FitParams, noise: NoiseModel, rng: np.random.Generator, body=None, amount: float = 1.0) -> FitParams:
     """A parameter set as wrong as the fit typically is: Gaussian draws with the measured centre and spread,
     turned to face the other way at the measured flip rate, its size in the image kept within the measured
-    error whatever the drawn phenotype's height."""
-    draw = lambda mean, std: mean + std * rng.standard_normal(np.shape(std))  # noqa: E731
+    error whatever the drawn phenotype's height. `amount` scales all of it (0: the truth itself)."""
+    draw = lambda mean, std: amount * (mean + std * rng.standard_normal(np.shape(std)))  # noqa: E731
     pose = (Rotation.from_rotvec(params.pose) * Rotation.from_rotvec(draw(noise.pose_mean, noise.pose_std))).as_rotvec()
     glob = Rotation.from_rotvec(draw(noise.global_mean, noise.global_std)) * Rotation.from_rotvec(params.global_rotation)
-    if rng.random() < noise.flip_rate:
+    if rng.random() < noise.flip_rate * amount:
         glob = Rotation.from_euler("z", np.pi) * glob
     phenotype = np.clip(params.phenotype + draw(noise.phenotype_mean, noise.phenotype_std), 0.0, 1.0)
     size = float(np.exp(draw(noise.log_size_mean, noise.log_size_std)))
