@@ -59,20 +59,10 @@ def true_points(vertices_vox: np.ndarray, body=None) -> np.ndarray:
     from core.body_model import load_body_model
 
     body = body or load_body_model()
-    on_vertices, on_heads, _ = _vertex_matrices(body)
+    on_vertices, on_heads, _ = (m.numpy() for m in body.keypoint_matrices(np.arange(body.n_vertices)))  # 3 ms
     out = on_vertices @ np.asarray(vertices_vox, np.float64)
     out[np.abs(on_heads).sum(1) > 0] = np.nan
     return out
-
-
-_MATRICES = {}
-
-
-def _vertex_matrices(body):
-    if id(body) not in _MATRICES:
-        on_v, on_h, weight = body.keypoint_matrices(np.arange(body.n_vertices))
-        _MATRICES[id(body)] = (on_v.numpy(), on_h.numpy(), weight.numpy())
-    return _MATRICES[id(body)]
 
 
 def read_detections(paths) -> dict:

@@ -217,8 +217,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             flip = np.random.default_rng([self.seed, epoch + 1, 7]).random(len(xy)) < 0.5
             m = self.mirror
             xy[flip], z[flip], present[flip] = xy[flip][:, m] * [-1.0, 1.0], z[flip][:, m], present[flip][:, m]
-        self.x, target, scale = depth_targets(np.nan_to_num(xy), np.nan_to_num(z), present)
-        self.target = target * torch.from_numpy(present.astype(np.float32))
+        self.x, self.target, scale = depth_targets(np.nan_to_num(xy), np.nan_to_num(z), present)
         self.weight = torch.from_numpy(present.astype(np.float32))
         self.scale = scale * torch.from_numpy(self.metres.astype(np.float32))
 
