@@ -44,7 +44,11 @@ from core.frame import VOX_TO_METRIC_AXES
 ANNY_TO_VOX = torch.as_tensor(VOX_TO_METRIC_AXES.T.copy())
 SILHOUETTE_POINTS = 600  # body vertices projected for the silhouette terms
 MASK_POINTS = 400        # mask pixels that must be near the body
-GM_SIGMA = 0.03          # Geman-McClure scale, in crop heights
+# Geman-McClure scale of the keypoint residuals, in crop heights (a crop is about 2 m of the scene). At 0.03,
+# the first choice, a landmark 6 cm away pulled a quarter as hard as a quadratic would (12 cm: 1/25). 0.06, on
+# all 200 held-out renders: PA surface 74.3 -> 71.4 mm at 128 px, 69.7 -> 66.3 at 512 px (0.015, 0.10 and 0.20
+# were worse on the first 48; docs/RESULTS.md).
+GM_SIGMA = 0.06
 VISIBLE = 0.5            # landmarks below this visibility count as guessed
 PARAMS_FORMAT = "monohuman-fit-params"
 # Where cameras stand: a photo of a standing person is taken from about eye height, so it looks slightly down

@@ -14,7 +14,7 @@ from core.body_model import FIT_BONES, load_body_model
 from core.bodyfit import pose_body
 from core.errors import DataError
 from train.dataset import read_manifest
-from train.fit_noise import SWAPS, NoiseModel, parameter_errors, perturb, rest_height, truth_params, with_truth
+from train.fit_noise import POSE_PARTS, SWAPS, NoiseModel, parameter_errors, perturb, rest_height, truth_params, with_truth
 from train.metrics_mesh import pa_mean_distance
 from train.samples import read_sample
 
@@ -91,7 +91,11 @@ def test_swapping_in_the_truth_fixes_only_what_it_names(sample_and_truth):
     assert size(sized) == pytest.approx(size(truth)) and np.array_equal(sized.phenotype, fit.phenotype)
     everything = with_truth(fit, truth, "pose+global+phenotype+size", body)
     assert _pa_mm(sample, everything, body) == pytest.approx(_pa_mm(sample, truth, body), abs=1e-6)
-    assert all(set(w.split("+")) <= {"global", "pose", "phenotype", "size"} for w in SWAPS)
+    arms = with_truth(fit, truth, "arms", body)  # a part of the pose: its bones only
+    is_arm = np.array([b.startswith(POSE_PARTS["arms"]) for b in FIT_BONES])
+    assert is_arm.sum() == 6
+    assert np.array_equal(arms.pose[is_arm], truth.pose[is_arm]) and np.array_equal(arms.pose[~is_arm], fit.pose[~is_arm])
+    assert all(set(w.split("+")) <= {"global", "pose", "phenotype", "size", *POSE_PARTS} for w in SWAPS)
 
 
 def test_noise_model_round_trip_and_refusal():

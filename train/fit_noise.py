@@ -187,7 +187,10 @@ def perturb(params: FitParams, noise: NoiseModel, rng: np.random.Generator, body
 # Where the fit's error is (`--swaps`): the fit with one group of its parameters replaced by the truth's. A true
 # phenotype comes with the scale that keeps the fit's size in the image (what the photo pins down); "size" is the
 # true size with the fit's phenotype.
-SWAPS = ("global", "pose", "phenotype", "size", "phenotype+size", "pose+global")
+SWAPS = ("global", "pose", "phenotype", "size", "phenotype+size", "pose+global", "arms", "wrists", "legs", "trunk")
+# Parts of the pose (FIT_BONES by name prefix) a swap can take alone: which limbs the pose error is in.
+POSE_PARTS = {"arms": ("upperarm", "lowerarm", "wrist"), "wrists": ("wrist",), "legs": ("upperleg", "lowerleg", "foot"),
+              "trunk": ("spine", "neck", "head")}
 
 
 def with_truth(fit: FitParams, truth: FitParams, what: str, body=None) -> FitParams:
@@ -197,6 +200,9 @@ def with_truth(fit: FitParams, truth: FitParams, what: str, body=None) -> FitPar
         out = dataclasses.replace(out, global_rotation=truth.global_rotation)
     if "pose" in groups:
         out = dataclasses.replace(out, pose=truth.pose)
+    for part in groups & set(POSE_PARTS):
+        take = np.array([b.startswith(POSE_PARTS[part]) for b in FIT_BONES])
+        out = dataclasses.replace(out, pose=np.where(take[:, None], truth.pose, out.pose))
     if groups & {"phenotype", "size"}:
         size = (truth.scale * rest_height(truth.phenotype, body) if "size" in groups
                 else fit.scale * rest_height(fit.phenotype, body))
