@@ -250,7 +250,8 @@ def sample_scene(rng, body: Body, cfg: SceneConfig, frame_hw) -> dict:
 # ------------------------------------------------------------------------------------ body regions
 
 def clothing_regions(body: Body, appearance: dict) -> np.ndarray:
-    """Per-vertex region index into REGIONS (skin, top, bottom, shoes, hair), decided on the rest pose."""
+    """Per-vertex region index into REGIONS (skin, top, bottom, shoes, hair, and the face's eyes, brows and
+    lips on skin), decided on the rest pose."""
     n = len(body.vertices)
     reg = np.zeros(n, dtype=np.int64)
     parts = body.parts
@@ -321,13 +322,13 @@ def face_features(rest_vertices: np.ndarray, coco: np.ndarray, head: np.ndarray)
 
 def dress(body: Body, regions: np.ndarray, thickness: float) -> np.ndarray:
     """The rendered surface: clothed vertices (top, bottom, shoes, hair) pushed out along the normal."""
-    if thickness <= 0 or not np.any(regions):
-        return body.vertices.copy()
     w = np.zeros(len(regions))
     w[regions == REGIONS.index("top")] = 1.0
     w[regions == REGIONS.index("bottom")] = 1.0
     w[regions == REGIONS.index("shoes")] = 0.8
     w[regions == REGIONS.index("hair")] = 0.6
+    if thickness <= 0 or not w.any():  # painted regions (the face) add no thickness
+        return body.vertices.copy()
     n = vertex_normals(body.vertices, body.faces)
     return body.vertices + n * (thickness * w)[:, None]
 
@@ -390,14 +391,13 @@ def _add_person(bpy, scene, app: dict, vertices, faces, regions):
     face_region = np.max(regions[faces], axis=1) if len(regions) else np.zeros(nf, np.int64)
     obj = _add_mesh(bpy, scene, "person", vertices, faces, face_region)
     for region in REGIONS:
-        spec = app["skin"] if region == "skin" else app.get(region)
         if region in FACE_FEATURES:
-            obj.data.materials.append(_cloth_material(bpy, region, _face_material(region, app), is_skin=True))
-        elif region == "skin" or spec is None:
-            spec = app["skin"]
-            obj.data.materials.append(_cloth_material(bpy, region, spec, is_skin=True))
+            spec, painted = _face_material(region, app), True
+        elif region == "skin" or app.get(region) is None:
+            spec, painted = app["skin"], True
         else:
-            obj.data.materials.append(_cloth_material(bpy, region, spec))
+            spec, painted = app[region], False
+        obj.data.materials.append(_cloth_material(bpy, region, spec, is_skin=painted))
 
 
 def _face_material(region: str, app: dict) -> dict:
