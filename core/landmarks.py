@@ -35,6 +35,8 @@ HEAD_TOP_FRACTION = 0.6
 _MP = dict(nose=0, l_ear=7, r_ear=8, l_shoulder=11, r_shoulder=12, l_elbow=13, r_elbow=14,
            l_wrist=15, r_wrist=16, l_hip=23, r_hip=24, l_knee=25, r_knee=26, l_ankle=27, r_ankle=28)
 _DIRECT = {name: _MP[name] for name in MPII16_NAMES if name in _MP}
+# Each mediapipe landmark's mirror image (left <-> right): the nose, eyes, ears and mouth, then the pairs 11-32.
+FLIP_33 = (0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, *[i + (1 if i % 2 else -1) for i in range(11, 33)])
 
 
 

@@ -134,3 +134,39 @@ def test_person_filling_the_frame_is_found_with_room_added(tiny_dataset):
         errors.append(np.median(np.linalg.norm(det.landmarks16[:, :2] / 8 - s["landmarks16"][:, :2], axis=1)))
     assert found > plain, (found, plain)
     assert np.median(errors) < 4.0  # 64 px crops: the landmarks land where the body's are
+
+
+def test_mirror_pass_is_combined_landmark_by_landmark():
+    """combine_passes: the surer pass leads, landmarks the passes agree on are averaged (as sure as the less sure
+    pass), a limb one pass put somewhere absurd comes from the leader alone."""
+    from core.detect import BODY, combine_passes
+    from core.landmarks import FLIP_33
+
+    assert sorted(FLIP_33) == list(range(33)) and [FLIP_33[i] for i in FLIP_33] == list(range(33))
+    assert FLIP_33[11] == 12 and FLIP_33[23] == 24 and FLIP_33[0] == 0 and FLIP_33[1] == 4
+    rng = np.random.default_rng(0)
+    lm = np.c_[rng.uniform(100, 300, (33, 2)), np.zeros(33), np.full(33, 0.9)].astype(np.float32)
+    lm[[11, 12, 23, 24], :2] = [[180, 100], [220, 100], [185, 250], [215, 250]]  # a 150 px torso
+    sure, unsure = lm.copy(), lm.copy()
+    unsure[:, :2] += 4.0                    # agrees everywhere but ...
+    unsure[15, :2] = [900.0, 900.0]         # ... one wrist far away
+    unsure[BODY, 3] = 0.5
+    seg_a, seg_b = np.zeros((4, 4), np.float32), np.ones((4, 4), np.float32)
+    world = np.zeros((33, 3), np.float32)
+    for first, second, seg in (((sure, seg_a, world), (unsure, seg_b, world), seg_a),
+                               ((unsure, seg_b, None), (sure, seg_a, world), seg_a)):  # the order does not matter
+        out, mask, _ = combine_passes(first, second)
+        np.testing.assert_allclose(out[15, :2], sure[15, :2])           # the leader's wrist
+        np.testing.assert_allclose(out[11, :2], sure[11, :2] + 2.0)     # averaged
+        assert out[11, 3] == pytest.approx(0.5) and out[15, 3] == pytest.approx(0.9)
+        np.testing.assert_array_equal(mask, seg)
+
+
+def test_mirror_pass_sees_the_same_person():
+    """On a real photo the mirrored pass lands where the plain one does (the flip and the left/right swap are
+    undone): the two detections' shoulders are within 3 % of the photo's width and keep their sides."""
+    rgb = load_image(ASTRONAUT)
+    one, two = detect_person(rgb, mirror=False), detect_person(rgb)
+    check_detection(two, rgb.shape)
+    assert np.abs(one.landmarks33[[11, 12], :2] - two.landmarks33[[11, 12], :2]).max() < 0.03 * rgb.shape[1]
+    assert two.landmarks33[11, 0] > two.landmarks33[12, 0]  # the person's left shoulder on the image's right

@@ -78,16 +78,16 @@ def test_shipped_lifter_knows_depth_the_image_does_not_show(poses):
 def test_lift_answers_the_mirrored_person_with_the_mirrored_depths(poses):
     """`lift` averages its answers for the person and their mirror image, so mirroring the 2D points (x negated,
     left and right swapped) mirrors the answer exactly."""
-    from core.networks.lifter import MIRROR_33
+    from core.landmarks import FLIP_33
 
     net = load_model("pose-lifter").network
     body = view(read_poses([poses])[:1], np.random.default_rng(3))[0] * 200.0
     vis = np.ones(33)
     vis[16] = 0.0  # one point missing: its mirror's answer must not use it either
     got = lift(net, body, vis)
-    mirrored = lift(net, body[list(MIRROR_33)] * [-1.0, 1.0, 1.0], vis[list(MIRROR_33)])
+    mirrored = lift(net, body[list(FLIP_33)] * [-1.0, 1.0, 1.0], vis[list(FLIP_33)])
     idx = list(LIFT_POINTS)
-    assert np.allclose(mirrored[list(MIRROR_33)][idx, 2], got[idx, 2], atol=1e-4)
+    assert np.allclose(mirrored[list(FLIP_33)][idx, 2], got[idx, 2], atol=1e-4)
 
 
 def test_lift_needs_two_visible_points():

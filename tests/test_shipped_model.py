@@ -22,13 +22,14 @@ from train.make_dataset import main as make_dataset
 REPO = Path(__file__).resolve().parents[1]
 # (model, bodies) -> IoU floor on the four bodies below (measured figure in the comment)
 FLOORS = {
-    ("vrn-body-residual", "tight"): 0.42,  # 0.483 (the model before --least-noise: 0.472; vrn-default 0.518)
-    ("vrn-body-residual", "clothed"): 0.49,  # 0.521 (the model before --least-noise: 0.535; on the 60 clothed
-    # renders of docs/RESULTS.md 0.510 against 0.514, on 40 tight ones 0.481 against 0.476)
+    ("vrn-body-residual", "tight"): 0.42,  # 0.487 (the 3-epoch --least-noise model before it: 0.496; vrn-default 0.518)
+    ("vrn-body-residual", "clothed"): 0.49,  # 0.557 (before: 0.541; on the 60 clothed renders of docs/RESULTS.md
+    # 0.512 against 0.510, on 40 tight ones 0.480 against 0.483)
     ("vrn-default", "tight"): 0.48,  # 0.518 (the model before it: 0.471)
 }
 # measured with the volume kept to the person mask, as inference and train.evaluate do (core.silhouette); the
-# body-guided model with the fit it has now (the pose lifter's directions among its evidence)
+# body-guided model with the fit it has now (the pose lifter's directions among its evidence, mediapipe run on the
+# photo and its mirror image)
 BODIES = {"tight": ("777", "0"), "clothed": ("778", "1")}  # seed, share of dressed bodies; training used 101/2026/2027
 
 

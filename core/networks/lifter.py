@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.landmarks import FLIP_33
 from core.networks.config_json import config_to_dict, pos_int, variant_defaults
 
 # Nose, inner eyes, ears, shoulders, elbows, wrists, hips, knees, ankles, heels, toes (mediapipe indices):
 # every landmark the fit's bone directions use, and the face points that say which way the person faces.
 LIFT_POINTS = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32)
-# Each mediapipe landmark's mirror image (left <-> right): `lift` also asks about the mirrored person and
-# averages the two answers (validation depth error 54.2 -> 53.4 mm with the first shipped lifter).
-MIRROR_33 = (0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, *[i + (1 if i % 2 else -1) for i in range(11, 33)])
+# `lift` also asks about the mirrored person (core.landmarks.FLIP_33) and averages the two answers (validation
+# depth error 54.2 -> 53.4 mm with the first shipped lifter).
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def mirror_slots(points) -> list[int]:
     """For each of `points` (mediapipe indices), the position in `points` of its mirror image (itself where the
     mirror is not among them)."""
     points = list(points)
-    return [points.index(MIRROR_33[p]) if MIRROR_33[p] in points else i for i, p in enumerate(points)]
+    return [points.index(FLIP_33[p]) if FLIP_33[p] in points else i for i, p in enumerate(points)]
 
 
 def lift(lifter: Lifter, points33: np.ndarray, visibility: np.ndarray, visible: float = 0.5) -> np.ndarray | None:
