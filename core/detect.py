@@ -58,9 +58,9 @@ def detect_person(rgb: np.ndarray, name: str = "the photo", mirror: bool | None 
     src_h, src_w = rgb.shape[:2]
     small = _shrink(rgb)
     sh, sw = small.shape[:2]
+    mirror = MIRROR_PASS if mirror is None else mirror
     with _LOCK:
         first = _pose_pass(small)
-        mirror = MIRROR_PASS if mirror is None else mirror
         second = _pose_pass(np.ascontiguousarray(small[:, ::-1])) if mirror and first is not None else None
     if first is None:
         raise NoPersonError(f"No person found in {name}.",
