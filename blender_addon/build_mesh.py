@@ -31,6 +31,7 @@ COLLECTION_NAME = "Monohuman"
 # Blend from photo to fill as the object-space normal's Y goes from FRONT_Y (facing the camera) to BACK_Y.
 FRONT_Y, BACK_Y = -0.35, 0.15
 MIN_WEIGHT = 1e-3
+FIT_PARAMS_PROP = "monohuman_fit_params"  # on a fitted body's armature: its parameters (JSON), for a refit
 
 
 def load_result(path) -> dict:
@@ -259,6 +260,25 @@ def make_armature(name: str, result: dict, mesh_obj: bpy.types.Object, coll: bpy
     return arm_obj
 
 
+def fitted_rig(obj) -> bpy.types.Object | None:
+    """The fitted body's armature behind `obj` (the armature itself or the mesh it deforms), or None."""
+    for o in (obj, getattr(obj, "parent", None)):
+        if o is not None and o.type == "ARMATURE" and FIT_PARAMS_PROP in o:
+            return o
+    return None
+
+
+def armature_pose(arm_obj: bpy.types.Object) -> dict:
+    """The rig's pose as the animator left it, the inverse of `pose_armature`: per bone, rest -> posed in armature
+    space (pose bone matrix times the inverse of its rest matrix). What a refit sends as "init_pose"."""
+    bones = arm_obj.data.bones
+    names = [b.name for b in bones]
+    parents = [names.index(b.parent.name) if b.parent is not None else -1 for b in bones]
+    pose = [(np.array(arm_obj.pose.bones[b.name].matrix, np.float64) @ np.linalg.inv(np.array(b.matrix_local, np.float64)))
+            .tolist() for b in bones]
+    return {"names": names, "parents": parents, "pose": pose}
+
+
 def pose_armature(arm_obj: bpy.types.Object, pose, names, parents) -> None:
     """Pose an armature built in its rest pose: `pose` (J, 4, 4) moves bone j from rest to posed in armature
     space. A bone's matrix_basis (relative to its rest and its parent's pose) is rest^-1 parent_pose^-1 pose
@@ -319,6 +339,10 @@ def build_result(result: dict, *, scene: bpy.types.Scene | None = None,
             arm_obj = make_armature(name, result, obj, coll, view_layer, created)
             if posed:
                 pose_armature(arm_obj, result["armature_pose"], result["armature_names"], result["armature_parents"])
+            fit_params = result.get(paths.protocol().FIT_PARAMS)
+            if fit_params:  # what "Refit to Photo" starts from (with the rig's pose as the animator leaves it)
+                arm_obj[FIT_PARAMS_PROP] = str(fit_params)
+                arm_obj["monohuman_photo"] = str(result.get("photo", ""))
 
         landmarks = None
         if show_landmarks and result.get("landmarks_image"):

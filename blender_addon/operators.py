@@ -10,6 +10,7 @@ so a plain script gets its mesh from `bpy.ops.monohuman.reconstruct()`.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -64,6 +65,32 @@ def make_request(context) -> dict:
     }
 
 
+def make_refit_request(context) -> dict:
+    """The panel's request, made a refit of the active fitted body: its photo, its parameters, and its rig's pose
+    as the animator has left it (the photo then settles what it shows; the rig what it cannot, such as depth)."""
+    rig = build_mesh.fitted_rig(context.active_object)
+    if rig is None:
+        raise jobs.JobError("The active object is not a fitted body's rig.",
+                            "Select a body made with the Fitted body method (its mesh or its armature).")
+    photo = os.path.normpath(bpy.path.abspath(str(rig.get("monohuman_photo", ""))))
+    if not os.path.isfile(photo):
+        raise jobs.JobError(f"The photo this body was fitted to is gone: {photo}.",
+                            "Put the photo back at that path, or reconstruct from the photo again.", kind="InputError")
+    context.view_layer.update()  # the pose bones' matrices as shown
+    props = context.scene.monohuman
+    prefs = get_prefs(context)
+    python = backend_python(prefs)
+    return {
+        "photo": photo, "model": "default", "method": "fit", "device": prefs.device.lower(),
+        "subject_height": float(props.subject_height), "smoothing": int(props.smoothing),
+        "face_budget": int(props.face_budget) or None,
+        "init": json.loads(rig[build_mesh.FIT_PARAMS_PROP]), "init_pose": build_mesh.armature_pose(rig),
+        "keep_pose": float(props.keep_pose),
+        "output": str(jobs.new_output_path(photo)),
+        "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
+    }
+
+
 def make_options(context, photo: str) -> dict:
     """How the result will be built in Blender, from the panel and the 3D cursor as they are now: a change
     while the job runs applies to the next reconstruction, not to this one."""
@@ -74,12 +101,18 @@ def make_options(context, photo: str) -> dict:
             "add_armature": bool(props.add_armature), "show_landmarks": bool(props.show_landmarks)}
 
 
-def start_job(context) -> jobs.Job:
-    """Start the reconstruction the panel describes (used by the operator and by tests)."""
+def start_job(context, refit: bool = False) -> jobs.Job:
+    """Start the reconstruction the panel describes, or (refit) the refit of the active fitted body (used by the
+    operator and by tests). A refit builds a new body beside the old one, named after it."""
     prefs = get_prefs(context)
-    request = make_request(context)
+    request = make_refit_request(context) if refit else make_request(context)
+    options = make_options(context, request["photo"])
+    if refit:
+        rig = build_mesh.fitted_rig(context.active_object)
+        options.update(name=f"{rig.name.removesuffix(' rig')} refit", add_armature=True,
+                       location=tuple(rig.matrix_world.translation))
     return jobs.start(request, execution=prefs.execution, python=backend_python(prefs),
-                      options=make_options(context, request["photo"]), idle_timeout=idle_seconds(prefs))
+                      options=options, idle_timeout=idle_seconds(prefs))
 
 
 def finish_job(op, context, job: jobs.Job) -> set:
@@ -127,10 +160,19 @@ class MONOHUMAN_OT_reconstruct(bpy.types.Operator):
 
     wait: bpy.props.BoolProperty(name="Wait", description="Block until done (scripts, tests)",
                                  default=False, options={"HIDDEN", "SKIP_SAVE"})
+    refit: bpy.props.BoolProperty(name="Refit", description="Refit the active fitted body from its rig's pose",
+                                  default=False, options={"HIDDEN", "SKIP_SAVE"})
     timeout: bpy.props.FloatProperty(default=600.0, options={"HIDDEN", "SKIP_SAVE"})
 
     _timer = None
     _job = None
+
+    @classmethod
+    def description(cls, context, properties):
+        if properties.refit:
+            return ("Fit the body to its photo again, starting from its rig's pose as you left it: the photo "
+                    "settles what it shows, your pose what it cannot (which limb is nearer). A new body is added")
+        return cls.__doc__
 
     @classmethod
     def poll(cls, context):
@@ -144,7 +186,7 @@ class MONOHUMAN_OT_reconstruct(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            self._job = start_job(context)
+            self._job = start_job(context, refit=self.refit)
         except jobs.JobError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}

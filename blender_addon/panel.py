@@ -6,7 +6,7 @@ import os
 
 import bpy
 
-from . import jobs
+from . import build_mesh, jobs
 from .preferences import get_prefs
 
 _previews = None  # bpy.utils.previews collection for the photo thumbnail
@@ -80,6 +80,11 @@ class MONOHUMAN_PT_main(bpy.types.Panel):
                 for i, line in enumerate(_wrap(job.error, 42)):
                     err.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         obj = context.active_object
+        if (job is None or job.finished) and build_mesh.fitted_rig(obj) is not None:
+            refit = layout.box()
+            refit.label(text="Posed the rig where the photo is unclear?")
+            refit.prop(props, "keep_pose")
+            refit.operator("monohuman.reconstruct", text="Refit to Photo", icon="ARMATURE_DATA").refit = True
         if obj is not None and "monohuman_landmarks_image" in obj:
             layout.operator("monohuman.show_landmarks", icon="IMAGE_DATA")
 

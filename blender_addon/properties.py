@@ -29,6 +29,9 @@ def _model_search(self, context, edit_text):
     return [it for it in items if edit_text.lower() in it[0].lower()] or items
 
 
+KEEP_POSE_DEFAULT = 0.5  # core.bodyfit.KEEP_POSE (the add-on does not import core)
+
+
 class MonohumanProperties(bpy.types.PropertyGroup):
     photo_source: EnumProperty(
         name="Photo Source",
@@ -65,6 +68,11 @@ class MonohumanProperties(bpy.types.PropertyGroup):
                              description="VRN: where the person mask shows the person, the surface takes what "
                                          "the network saw there even faintly, and nothing off the mask; off "
                                          "keeps the network's own outline")
+    # A refit's pull towards the rig's pose (core.reconstruct.fit_person's keep_pose): chosen on held-out renders
+    # whose true pose, turned by 5 or 10 degrees a bone, stood in for an animator's correction (docs/RESULTS.md).
+    keep_pose: FloatProperty(name="Keep Rig Pose", default=KEEP_POSE_DEFAULT, min=0.0, soft_max=2.0, precision=3,
+                             description="Refit: how closely the body keeps the rig's pose where the photo cannot "
+                                         "tell (which limb is nearer); 0 lets the photo decide everything")
     show_landmarks: BoolProperty(name="Show Landmarks", default=False,
                                  description="Load the photo with the detected landmarks drawn as an image "
                                              "(shown in any open Image Editor)")

@@ -11,6 +11,10 @@ environment that has them (the project's `.venv`). The protocol is deliberately 
        "rig": false, "rig_model": "default",          # optional: rig a VRN surface with this HMNet model
        "body_parts": true,                            # optional: a VRN surface's hands, feet from the fitted body
        "match_mask": true,                            # optional: a VRN volume keeps to the person mask
+       "init": {...fitted parameters...},              # optional, method "fit": refit from these (a result's
+       "init_pose": {"names": [...], "parents": [...], #   "fit_params"), re-posed by an armature's pose
+                     "pose": [J x 4 x 4]},            #   (rest -> posed per bone, as "armature_pose")
+       "keep_pose": 0.5,                              # optional: how closely the refit keeps that pose
        "model_dirs": ["/extra/models", ...]}          # optional: searched before the default dirs
 
 * stdout: JSON lines ``{"stage": "detect", "fraction": 0.15}`` while it works, then exactly one final
@@ -77,6 +81,7 @@ RESULT_KEYS = (
     "warnings",        # str (JSON list)
     "timings",         # str (JSON dict, seconds per stage)
 )
+FIT_PARAMS = "fit_params"  # str (JSON), the fitted body only: its parameters, what a refit's "init" sends back
 # Present only when the result has a rig (HumanMeshNet; VRN with "rig": true): names (J,) str, heads/tails
 # (J, 3) float32, parents (J,) int32 (-1 = root), weights (N, J) float32; and "armature_axes" (J, 3, 3) float32
 # (bone x, y, z as columns: the roll; a reader may do without). The fitted body adds POSE_KEYS: "armature_pose"
@@ -167,6 +172,8 @@ def result_arrays(result, photo: str, texture: str, landmarks_image: str) -> dic
         "warnings": np.array(json.dumps(list(result.warnings))),
         "timings": np.array(json.dumps({k: float(v) for k, v in result.timings.items()})),
     }
+    if result.fit_params is not None:
+        out[FIT_PARAMS] = np.array(json.dumps(result.fit_params))
     rig = getattr(result, "rig", None)
     if rig is not None:
         out.update({
@@ -212,6 +219,14 @@ def run_request(request: dict, progress: Progress | None = None,
     from core.preview import render_preview
     from core.reconstruct import reconstruct
 
+    init = None
+    if req["init"] is not None:  # a refit: the fitted parameters, re-posed as the animator left the rig
+        from core.bodyfit import FitParams, params_from_armature_pose
+
+        init = FitParams.from_json(req["init"])
+        if req["init_pose"] is not None:
+            arm = req["init_pose"]
+            init = params_from_armature_pose(init, arm.get("names", []), arm.get("parents", []), arm.get("pose", []))
     dirs = req.get("model_dirs") or []
     model = loaded_model(req["model"], req["method"], dirs, req["device"])
     rig_model = loaded_model(req["rig_model"], "hmnet", dirs, req["device"]) if req["rig"] else "default"
@@ -219,7 +234,7 @@ def run_request(request: dict, progress: Progress | None = None,
                          subject_height=req["subject_height"], smoothing=req["smoothing"],
                          face_budget=req["face_budget"], rig=req["rig"], rig_model=rig_model,
                          body_parts=req["body_parts"], match_mask=req["match_mask"],
-                         progress=progress, cancel=cancel)
+                         init=init, keep_pose=req["keep_pose"], progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise _cancelled_error()
 
@@ -245,7 +260,7 @@ def load_result(path) -> dict:
     """Read a result .npz back into a dict of arrays/strings (no pickle)."""
     with np.load(path, allow_pickle=False) as data:
         res = {k: data[k] for k in data.files}
-    for key in ("photo", "texture", "landmarks_image", "model_name"):
+    for key in ("photo", "texture", "landmarks_image", "model_name", FIT_PARAMS):
         if key in res:
             res[key] = str(res[key])
     res["warnings"] = json.loads(str(res.get("warnings", "[]")))

@@ -94,6 +94,10 @@ STAGES = (
           dict(keypoints=1.0, directions=2.0, silhouette=2.0, shape=1.0)),
 )
 PRIOR_WEIGHTS = dict(pose_prior=2e-3, limits=1.0, shape_prior=2e-3, init=2e-4, held=1.0, elevation=0.01)
+# The "init" weight of a refit from a pose an animator corrected by hand: the photo settles what it shows, the pose
+# what it cannot (depth). Chosen on held-out renders whose true pose, turned 5 or 10 degrees a bone, stood in for the
+# animator's: within 2.2 mm of the best weight at either (docs/RESULTS.md, "Refit from an animator's pose").
+KEEP_POSE = 0.5
 
 
 @dataclass
@@ -162,6 +166,44 @@ def read_params(path) -> FitParams:
         raise InputError(f"Fit parameters {path} cannot be read ({e}).", "Give a JSON file written by "
                              "`--method fit`.") from None
     return FitParams.from_json(doc)
+
+
+def params_from_armature_pose(params: FitParams, names, parents, pose) -> FitParams:
+    """`params` with the bone rotations and the global orientation an armature shows: `pose` (J, 4, 4) moves each
+    bone from rest to posed in the armature's frame (`Rig.pose`, what the add-on reads back from a rig an animator
+    has re-posed). Each fitted bone's local-ref rotation is its turn relative to its nearest fitted ancestor (or
+    the root, which carries the camera's global rotation: the metric frame's axes are the fit's camera-facing
+    ones). Scale and placement in the matrices do not matter; bones the fit does not move (fingers) are ignored."""
+    from scipy.spatial.transform import Rotation
+
+    try:
+        names = [str(n) for n in names]
+        parents = np.asarray(parents, np.int64).reshape(-1)
+        pose = np.asarray(pose, np.float64)
+    except (TypeError, ValueError):
+        pose = None
+    if pose is None or pose.shape != (len(names), 4, 4) or len(parents) != len(names) or not np.isfinite(pose).all():
+        raise InputError("The armature's pose does not match its bones.", "Re-import the fitted body and pose it again.")
+    roots = np.flatnonzero(parents < 0)
+    missing = [b for b in FIT_BONES if b not in names]
+    if len(roots) != 1 or missing:
+        raise InputError(f"The armature is not a fitted Anny rig ({'bones missing: ' + ', '.join(missing) if missing else 'not one root'}).",
+                         "Refit from an armature made by the fitted body method.")
+
+    def rotation(m):  # the rotation of a scaled rigid transform (nearest proper rotation)
+        u, _, vt = np.linalg.svd(m[:3, :3])
+        return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+
+    fitted = set(FIT_BONES)
+    out = np.zeros((len(FIT_BONES), 3))
+    for i, bone in enumerate(FIT_BONES):
+        j = names.index(bone)
+        a = parents[j]
+        while a >= 0 and names[a] not in fitted and parents[a] >= 0:
+            a = parents[a]
+        out[i] = Rotation.from_matrix(rotation(pose[a]).T @ rotation(pose[j])).as_rotvec()
+    glob = Rotation.from_matrix(rotation(pose[roots[0]])).as_rotvec()
+    return FitParams(params.phenotype.copy(), out, glob, params.scale, params.translation.copy())
 
 
 @dataclass

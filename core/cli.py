@@ -54,7 +54,7 @@ def _progress_bar():
 def _outputs(args, default_output_path) -> tuple[Path, Path | None]:
     """The mesh and preview paths, checked before any work: known suffixes, writable folders, not the photo."""
     from core.image_io import IMAGE_SUFFIXES
-    from core.validate import outputs_apart, reconstruct_options, writable_folder
+    from core.validate import number, outputs_apart, reconstruct_options, writable_folder
 
     reconstruct_options(args.height, args.smoothing, args.faces)
     out = Path(args.output) if args.output else default_output_path(args.photo)
@@ -68,6 +68,9 @@ def _outputs(args, default_output_path) -> tuple[Path, Path | None]:
                                 f"Use one of {', '.join(IMAGE_SUFFIXES)}.")
     if args.no_refine and not args.init:
         raise ArgumentError("--no-refine needs --init PARAMS.json.", "Give the parameters to take as they are.")
+    if args.keep_pose is not None and not args.init:
+        raise ArgumentError("--keep-pose needs --init PARAMS.json.", "Give the parameters whose pose to keep.")
+    number("--keep-pose", args.keep_pose, lo=0.0, optional=True)
     if args.init and args.method != "fit":
         raise ArgumentError(f"--init is for --method fit, not {args.method}.", "Add --method fit.")
     outs = [out] + ([preview] if preview else []) + ([params_path(out)] if args.method == "fit" else [])
@@ -87,6 +90,7 @@ def cmd_reconstruct(args) -> int:
     result = reconstruct(args.photo, model=args.model, method=args.method, device=args.device,
                          subject_height=args.height, smoothing=args.smoothing, face_budget=args.faces,
                          rig=args.rig, rig_model=args.rig_model, init=args.init, refine=not args.no_refine,
+                         keep_pose=args.keep_pose,
                          body_parts=not args.raw_surface, match_mask=not args.raw_surface,
                          progress=None if args.quiet else _progress_bar())
     if result.rig is not None and out.suffix.lower() != ".glb":
@@ -171,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "regresses it, rigged")
     rec.add_argument("--init", metavar="PARAMS.json", default=None,
                      help="fit: start from these fitted parameters (written as OUT.fit.json by a fit)")
+    rec.add_argument("--keep-pose", type=float, default=None, metavar="W",
+                     help="fit with --init: how closely the refit keeps the given pose (0.5 for a pose corrected by "
+                          "hand, as the add-on's refit; default: the plain fit's weak pull, 0.0002)")
     rec.add_argument("--no-refine", action="store_true",
                      help="fit with --init: take the parameters as they are (no optimisation)")
     rec.add_argument("--rig", action="store_true",

@@ -287,11 +287,14 @@ def with_body_extremities(mesh: trimesh.Trimesh, body: FittedBody, vox_to_metric
 
 
 def fit_person(rgb: np.ndarray, det: Detection, initialiser: LoadedModel | None, device: torch.device,
-               init=None, refine: bool = True, cancel: threading.Event | None = None):
+               init=None, refine: bool = True, cancel: threading.Event | None = None, keep_pose: float | None = None):
     """The fitted body of the detected person: (FitResult, crop box, volume shape) in the initialiser's crop
     frame. It starts from `init` (FitParams or a path to their JSON) when given, else from the HumanMeshNet
-    prediction of `initialiser`, else from Anny's rest pose."""
-    from core.bodyfit import FitParams, evidence_from_detection, fit_body, initial_params, pose_from_body, read_params
+    prediction of `initialiser`, else from Anny's rest pose. A refit from `init` keeps its pose, orientation and
+    phenotype but places the camera again (the crop may differ from the first fit's); `keep_pose` weighs the pull
+    towards the starting pose (default `PRIOR_WEIGHTS["init"]`; `core.bodyfit.KEEP_POSE` for a pose an animator corrected)."""
+    from core.bodyfit import (PRIOR_WEIGHTS, FitParams, evidence_from_detection, fit_body, initial_params,
+                              pose_from_body, read_params)
 
     if initialiser is not None:
         box, crop_rgb, crop_mask, crop_lm = _crop_inputs(rgb, det, initialiser)
@@ -301,13 +304,17 @@ def fit_person(rgb: np.ndarray, det: Detection, initialiser: LoadedModel | None,
     evidence = evidence_from_detection(det, box, shape)
     if init is not None:
         start = init if isinstance(init, FitParams) else read_params(init)
+        if refine:
+            start = initial_params(evidence, pose=start.pose, global_rotation=start.global_rotation,
+                                   phenotype=start.phenotype)
     elif initialiser is not None:
         verts_vox, _ = predict_body(initialiser, crop_rgb, crop_mask, crop_lm, device)
         pose, rotation = pose_from_body(verts_vox)
         start = initial_params(evidence, pose=pose, global_rotation=rotation)
     else:
         start = None
-    return fit_body(evidence, init=start, cancel=cancel, refine=refine), box, shape
+    priors = None if keep_pose is None else {**PRIOR_WEIGHTS, "init": float(keep_pose)}
+    return fit_body(evidence, init=start, cancel=cancel, refine=refine, priors=priors), box, shape
 
 
 def fit_to_metric(fitted, subject_height: float) -> np.ndarray:
@@ -338,13 +345,14 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
                 subject_height: float = 1.70, smoothing: int = 10, face_budget: int | None = None,
                 rig: bool = False, rig_model="default", init=None, refine: bool = True, body_parts: bool = True,
                 match_mask: bool = True, progress: Progress | None = None,
-                cancel: threading.Event | None = None) -> Result:
+                cancel: threading.Event | None = None, keep_pose: float | None = None) -> Result:
     """Reconstruct the person in `image` (a path or a uint8 RGB array) as a mesh in the metric frame.
 
     method "vrn" (detailed surface), "hmnet" (Anny's body, always rigged) or "fit" (Anny's body fitted to the
     photo's landmarks and mask, starting from the HMNet model `model`, or from Anny's rest pose with
     model="none"; `init` = fitted parameters (FitParams or their JSON path) to start from instead, and
-    refine=False takes them as they are). `rig=True` rigs a VRN surface from the fitted body (the HMNet model
+    refine=False takes them as they are; `keep_pose` weighs how closely a refit keeps their pose, see
+    `fit_person`). `rig=True` rigs a VRN surface from the fitted body (the HMNet model
     `rig_model` initialises it; when the default one is missing the surface comes unrigged, with a warning; a
     named one that is missing is an error). When a VRN surface has a fitted body (a body-guided model, or
     rig=True) its hands and feet are the body's; body_parts=False keeps the volume's own. match_mask: a VRN
@@ -368,7 +376,7 @@ def reconstruct(image, model="default", method: str = "vrn", device: str = "auto
     det = detect_person(rgb)
     if method == "fit":
         return _reconstruct_fit(rgb, det, loaded, torch_device, subject_height, init, refine, stage, warnings,
-                                cancel)
+                                cancel, keep_pose)
 
     stage("crop")
     crops = _crop_inputs(rgb, det, loaded)
@@ -523,11 +531,13 @@ def _hmnet_body(loaded, crop_rgb, crop_mask, crop_landmarks, device, subject_hei
     return mesh, verts_vox, vox_to_metric, joints, rig_for_body(mesh.vertices, joints)
 
 
-def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, stage, warnings, cancel) -> Result:
+def _reconstruct_fit(rgb, det, loaded, device, subject_height, init, refine, stage, warnings, cancel,
+                     keep_pose=None) -> Result:
     from core.template import load_template
 
     stage("fit")
-    fitted, box, shape = fit_person(rgb, det, loaded, device, init=init, refine=refine, cancel=cancel)
+    fitted, box, shape = fit_person(rgb, det, loaded, device, init=init, refine=refine, cancel=cancel,
+                                    keep_pose=keep_pose)
     stage("frame")
     vox_to_metric = fit_to_metric(fitted, subject_height)
     mesh = trimesh.Trimesh(apply_transform(fitted.vertices, vox_to_metric), load_template().faces, process=False)

@@ -179,15 +179,29 @@ def validate_request(request) -> dict:
         "rig": lambda v: flag("rig", v), "body_parts": lambda v: flag("body_parts", v),
         "match_mask": lambda v: flag("match_mask", v),
         "model_dirs": lambda v: [text("model_dirs[]", d) for d in _list("model_dirs", v)],
+        "init": lambda v: _object("init", v), "init_pose": lambda v: _object("init_pose", v),
+        "keep_pose": lambda v: number("keep_pose", v, lo=0.0, optional=True),
     }
     defaults = {"model": "default", "method": "fit", "device": "auto", "subject_height": 1.70, "smoothing": 10,
                 "face_budget": None, "rig": False, "rig_model": "default", "body_parts": True, "match_mask": True,
-                "model_dirs": []}
+                "model_dirs": [], "init": None, "init_pose": None, "keep_pose": None}
     for key in ("photo", "output"):
         if key not in request:
             raise ArgumentError(f"The backend request has no '{key}'.", "Name the photo and the output file.")
     req = {**defaults, **request}
-    return {**req, **{key: check(req[key]) for key, check in fields.items()}}
+    req = {**req, **{key: check(req[key]) for key, check in fields.items()}}
+    if (req["init"] is not None or req["init_pose"] is not None) and req["method"] != "fit":
+        raise ArgumentError(f"A refit (init) is for the method 'fit', not '{req['method']}'.", "Send method 'fit'.")
+    if req["init_pose"] is not None and req["init"] is None:
+        raise ArgumentError("init_pose needs init: the fitted parameters it re-poses.", "Send both.")
+    return req
+
+
+def _object(name: str, value) -> dict | None:
+    """An optional JSON object (a refit's fitted parameters, or the armature pose that re-poses them)."""
+    if value is not None and not isinstance(value, dict):
+        raise ArgumentError(f"{name} must be a JSON object or null; got {_got(value)}.", f"Give {name} as an object.")
+    return value
 
 
 def _list(name: str, value) -> list:

@@ -414,6 +414,67 @@ def test_fitted_body_is_posed_as_in_the_photo_with_anny_rest_pose(addon, clean_s
     assert np.linalg.norm(evaluated_vertices(obj) - rest, axis=1).max() < 1e-4
 
 
+def test_refit_keeps_the_animators_pose_where_the_photo_cannot_tell(assets, prefs, props, clean_scene):
+    """Refit to Photo: the fitted rig's left forearm swung 30 degrees towards the camera (depth, which the photo
+    barely shows) is kept by the refit, which starts from the rig as posed; the first body stays as it was."""
+    from blender_addon import build_mesh
+    from scipy.spatial.transform import Rotation
+
+    photo = need(assets, "person_photo")
+    prefs.execution, prefs.backend_python = "IN_PROCESS", PYTHON
+    props.photo_source, props.photo_path, props.model, props.method = "FILE", str(photo), "default", "fit"
+    assert run_reconstruct() == {"FINISHED"}
+    rig = build_mesh.fitted_rig(bpy.context.view_layer.objects.active)
+    assert rig is not None and rig["monohuman_photo"] == str(photo)
+
+    def forearm(arm):  # the forearm's turn relative to the upper arm, armature space
+        pose = build_mesh.armature_pose(arm)
+        m = {n: np.array(p)[:3, :3] for n, p in zip(pose["names"], pose["pose"])}
+        return Rotation.from_matrix(m["upperarm01.L"]).inv() * Rotation.from_matrix(m["lowerarm01.L"])
+
+    fitted = forearm(rig)
+    pb = rig.pose.bones["lowerarm01.L"]
+    swing = np.eye(4)
+    swing[:3, :3] = Rotation.from_rotvec([np.radians(30.0), 0.0, 0.0]).as_matrix()  # about X: into depth
+    head = np.array(pb.matrix, np.float64)[:3, 3]
+    swing[:3, 3] = head - swing[:3, :3] @ head
+    from mathutils import Matrix
+
+    pb.matrix = Matrix((swing @ np.array(pb.matrix, np.float64)).tolist())
+    bpy.context.view_layer.update()
+    wanted = forearm(rig)
+    assert np.degrees((wanted * fitted.inv()).magnitude()) > 25.0
+    bpy.context.view_layer.objects.active = rig
+    assert run_reconstruct(refit=True) == {"FINISHED"}
+    new_rig = build_mesh.fitted_rig(bpy.context.view_layer.objects.active)
+    assert new_rig is not None and new_rig != rig and new_rig.name.endswith("refit rig")
+    got = forearm(new_rig)
+    to_wanted, to_fitted = (np.degrees((got * r.inv()).magnitude()) for r in (wanted, fitted))
+    assert to_wanted < 15.0 and to_wanted < to_fitted, (to_wanted, to_fitted)
+
+
+def test_refit_needs_a_fitted_rig_and_its_photo(prefs, props, clean_scene):
+    """Refit on a mesh that is no fitted body, or one whose photo has gone, is one clear error and adds nothing."""
+    from blender_addon import build_mesh, jobs, operators
+
+    mesh = bpy.data.meshes.new("plain")
+    obj = bpy.data.objects.new("plain", mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    with pytest.raises(jobs.JobError, match="not a fitted body"):
+        operators.make_refit_request(bpy.context)
+    arm = bpy.data.objects.new("gone rig", bpy.data.armatures.new("gone rig"))
+    bpy.context.scene.collection.objects.link(arm)
+    arm[build_mesh.FIT_PARAMS_PROP], arm["monohuman_photo"] = "{}", "/nowhere/photo.png"
+    obj.parent = arm
+    with pytest.raises(jobs.JobError, match="photo this body was fitted to is gone"):
+        operators.make_refit_request(bpy.context)
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="photo this body was fitted to is gone"):  # the operator's report
+        run_reconstruct(refit=True)
+    assert snapshot() == before
+
+
 def test_build_mesh_failure_leaves_nothing(addon, clean_scene, tmp_path):
     from blender_addon import build_mesh
 

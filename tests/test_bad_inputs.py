@@ -245,10 +245,26 @@ def test_api_raises_project_errors(kw, name):
 
 
 @pytest.mark.parametrize("field,value", [("subject_height", "tall"), ("smoothing", 1.5), ("face_budget", "100"),
-                                         ("rig", "yes"), ("device", 3), ("photo", 5), ("model_dirs", "/x")])
+                                         ("rig", "yes"), ("device", 3), ("photo", 5), ("model_dirs", "/x"),
+                                         ("init", "params.json"), ("keep_pose", -1.0)])
 def test_backend_request_names_the_wrong_field(field, value):
     with pytest.raises(ArgumentError, match=field):
         validate_request({"photo": "p.jpg", "output": "o.npz", field: value})
+
+
+def test_backend_refit_request_needs_the_fit_and_its_parameters():
+    """A refit sends the fitted parameters ("init") and the rig's pose ("init_pose"); either without what it needs
+    is named before any work."""
+    with pytest.raises(ArgumentError, match="method 'fit', not 'vrn'"):
+        validate_request({"photo": "p.jpg", "output": "o.npz", "method": "vrn", "init": {}})
+    with pytest.raises(ArgumentError, match="init_pose needs init"):
+        validate_request({"photo": "p.jpg", "output": "o.npz", "init_pose": {"names": []}})
+    req = validate_request({"photo": "p.jpg", "output": "o.npz", "init": {"pose": []}, "keep_pose": 0.5})
+    assert req["init"] == {"pose": []} and req["keep_pose"] == 0.5 and req["init_pose"] is None
+
+
+def test_keep_pose_needs_init(photo, tmp_path):
+    one_line(run("reconstruct", photo, "-o", tmp_path / "b.glb", "--keep-pose", "0.5"), 2, "--keep-pose", "--init")
 
 
 def test_backend_request_defaults_and_aliases():

@@ -282,3 +282,38 @@ def test_evidence_carries_the_lifted_landmarks(posed_front):
     spread = np.ptp(ev.lifted[body, 2])  # a standing body is deep, in pixels of the 128 px volume
     assert 5 < spread < 60
     assert evidence_from_detection(det, box, (128, 128, 128), lifted=False).lifted is None
+
+
+def test_armature_pose_reads_back_as_fit_parameters():
+    """What the add-on's refit sends: the rig's pose (rest -> posed per bone, metric frame, scaled to the subject's
+    height) gives back the bone rotations and the orientation that made it, so a re-posed rig can start a refit."""
+    from scipy.spatial.transform import Rotation
+
+    from core.body_model import FIT_BONES, load_body_model
+    from core.bodyfit import FitParams, params_from_armature_pose, pose_body
+    from core.reconstruct import fit_to_metric, rest_rig
+
+    body = load_body_model()
+    rng = np.random.default_rng(3)
+    lo, hi = np.asarray(body.limits_lo), np.asarray(body.limits_hi)
+    pose = lo + (hi - lo) * rng.uniform(0.3, 0.7, lo.shape)
+    params = FitParams(body.phenotype_mean.numpy().copy(), pose, np.array([0.2, -0.4, 2.9]), 40.0, np.array([60.0, 70.0]))
+    fitted = pose_body(params, (128, 128, 128), body)
+    _, rig = rest_rig(fitted, fit_to_metric(fitted, 1.62), 1.62)
+    back = params_from_armature_pose(params, rig.names, rig.parents, rig.pose)
+    turned = Rotation.from_rotvec(back.pose) * Rotation.from_rotvec(pose).inv()
+    assert np.degrees(turned.magnitude()).max() < 1e-4
+    assert np.degrees((Rotation.from_rotvec(back.global_rotation) * Rotation.from_rotvec(params.global_rotation).inv()
+                       ).magnitude()) < 1e-4
+    # an animator turns the left forearm: only that bone's rotation changes
+    j = list(rig.names).index("lowerarm01.L")
+    below = rig.descendants(j)
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_rotvec([0.0, 0.0, 0.5]).as_matrix()
+    head = rig.pose[j] @ np.r_[rig.heads[j], 1.0]
+    turn[:3, 3] = head[:3] - turn[:3, :3] @ head[:3]
+    moved = rig.pose.copy()
+    moved[below] = turn @ moved[below]
+    again = params_from_armature_pose(params, rig.names, rig.parents, moved)
+    changed = np.degrees(np.abs(again.pose - back.pose).max(1)) > 1e-3
+    assert list(np.array(FIT_BONES)[changed]) == ["lowerarm01.L"]

@@ -104,3 +104,33 @@ def test_noise_model_round_trip_and_refusal():
     assert np.allclose(again.pose_std, model.pose_std) and again.log_size_std == pytest.approx(0.03)
     with pytest.raises(DataError, match="noise model"):
         NoiseModel.from_json({"format": "something else"})
+
+
+def test_truth_start_changes_only_where_the_fit_starts():
+    """`fit-truth-start` (analysis: where the evidence's own minimum lies) must be the shipped fit in every term and
+    stage, so that its figure differs from `fit`'s by the start alone."""
+    from train.evaluate_fit import ABLATIONS, variant
+
+    full, truth, rest = variant("fit"), variant("fit-truth-start"), variant("fit-rest-init")
+    assert "fit-truth-start" in ABLATIONS
+    assert (full.start, truth.start, rest.start) == ("network", "truth", "rest")
+    assert truth._replace(start="network") == full and rest._replace(start="network") == full
+
+
+def test_refit_ablation_starts_near_the_truth_and_keeps_to_it():
+    """`fit-refit-N` (the add-on's refit, measured): the shipped fit with the pull KEEP_POSE, starting from the
+    true pose turned about N degrees a bone, the same turn for the same sample every run."""
+    from scipy.spatial.transform import Rotation
+
+    from core.bodyfit import KEEP_POSE, FitParams
+    from train.evaluate_fit import animator_pose, variant
+
+    full, refit = variant("fit"), variant("fit-refit-10")
+    assert (refit.start, refit.turn_deg, refit.priors["init"]) == ("animator", 10.0, KEEP_POSE)
+    assert refit._replace(start="network", turn_deg=0.0, priors=full.priors) == full
+    rng = np.random.default_rng(0)
+    truth = FitParams(np.full(6, 0.5), rng.normal(0, 0.3, (17, 3)), np.array([0.1, 0.2, 3.0]), 40.0, np.zeros(2))
+    pose, rotation = animator_pose(truth, 10.0, seed=7)
+    turns = np.degrees((Rotation.from_rotvec(pose) * Rotation.from_rotvec(truth.pose).inv()).magnitude())
+    assert 5.0 < np.median(turns) < 25.0  # a 3-axis N(0, 10 deg) turn: about 15 degrees
+    np.testing.assert_array_equal(animator_pose(truth, 10.0, seed=7)[0], pose)

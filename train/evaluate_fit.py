@@ -13,7 +13,11 @@ Ablations (model names): `fit` (everything), `fit-no-silhouette`, `fit-no-direct
 all), `fit-no-lifter` (mediapipe's world landmarks' directions only, no pose lifter), `fit-no-world` (the
 lifter's only), `fit-no-pose-prior` (no mixture prior and joint limits), `fit-no-elevation` (no prior on the
 camera's elevation), `fit-no-shape` (phenotype kept at the mean), `fit-rest-init` (start from Anny's rest pose
-instead of HumanMeshNet).
+instead of HumanMeshNet). `fit-truth-start` is an analysis, not a result: it starts from the sample's true pose
+and orientation (`train.fit_noise.truth_params`), so it says where the evidence's own minimum lies, apart from the
+search that has to find it. `fit-refit-5` and `fit-refit-10` measure the add-on's "Refit to Photo": the true pose
+with every bone turned by a random 5 or 10 degrees (per axis, seeded by the sample) and the orientation by 3 stands
+in for a pose an animator corrected by hand, and the fit starts there with the pull `core.bodyfit.KEEP_POSE`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.bodyfit import PRIOR_WEIGHTS, STAGES, evidence_from_detection, fit_body, initial_params, pose_from_body
+from core.bodyfit import KEEP_POSE, PRIOR_WEIGHTS, STAGES, evidence_from_detection, fit_body, initial_params, pose_from_body
 from core.errors import NoPersonError
 from train.dataset import read_manifest
 from train.detections import detect_render
@@ -35,7 +39,10 @@ from train.samples import read_sample
 
 IOU_SHAPE = (64, 64, 64)
 ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-lifter", "fit-no-world", "fit-no-pose-prior",
-             "fit-no-elevation", "fit-no-shape", "fit-rest-init")
+             "fit-no-elevation", "fit-no-shape", "fit-rest-init", "fit-truth-start", "fit-refit-5", "fit-refit-10")
+STARTS = {"fit-rest-init": "rest", "fit-truth-start": "truth",  # the others start from HumanMeshNet ("network")
+          "fit-refit-5": "animator", "fit-refit-10": "animator"}
+GLOBAL_TURN_DEG = 3.0  # an animator's start: the orientation's error (the bones' is in the model name)
 
 
 def is_fit_model(name) -> bool:
@@ -45,9 +52,11 @@ def is_fit_model(name) -> bool:
 class Variant(NamedTuple):
     stages: tuple
     priors: dict
-    from_network: bool  # start from HumanMeshNet's body (else from Anny's rest pose)
+    start: str  # where the pose starts: "network" (HumanMeshNet's body), "rest" (Anny's), "truth" (analysis) or
+    #             "animator" (the truth turned by `turn_deg` a bone: a refit from a pose corrected by hand)
     lifter: bool  # the pose lifter's directions
     world: bool  # mediapipe's world landmarks' directions
+    turn_deg: float = 0.0  # "animator": the bones' random turn away from the truth
 
 
 def variant(name: str) -> Variant:
@@ -67,7 +76,22 @@ def variant(name: str) -> Variant:
         priors.update(elevation=0.0)
     elif name == "fit-no-shape":
         stages = [s for s in stages if "shape" not in s.free]
-    return Variant(tuple(stages), priors, name != "fit-rest-init", name != "fit-no-lifter", name != "fit-no-world")
+    elif name.startswith("fit-refit-"):
+        priors.update(init=KEEP_POSE)
+    turn = float(name.removeprefix("fit-refit-")) if name.startswith("fit-refit-") else 0.0
+    return Variant(tuple(stages), priors, STARTS.get(name, "network"), name != "fit-no-lifter", name != "fit-no-world",
+                   turn)
+
+
+def animator_pose(truth, turn_deg: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The true pose and orientation, each bone turned by a random rotation (per axis N(0, turn_deg)) and the
+    orientation by GLOBAL_TURN_DEG: a pose an animator set by eye, near the truth but not on it."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    turn = lambda rotvecs, deg: (Rotation.from_rotvec(rng.normal(0.0, np.radians(deg), np.shape(rotvecs)))  # noqa: E731
+                                 * Rotation.from_rotvec(rotvecs)).as_rotvec()
+    return turn(truth.pose, turn_deg), turn(truth.global_rotation, GLOBAL_TURN_DEG)
 
 
 def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
@@ -84,7 +108,17 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
     if not how.world:
         ev.world = None
     start = None
-    if how.from_network:
+    if how.start in ("truth", "animator"):
+        import zlib
+
+        from train.fit_noise import truth_params
+
+        truth = truth_params(sample)
+        pose, rotation = truth.pose, truth.global_rotation
+        if how.start == "animator":
+            pose, rotation = animator_pose(truth, how.turn_deg, zlib.crc32(np.ascontiguousarray(sample["joints_vox"])))
+        start = initial_params(ev, pose=pose, global_rotation=rotation)
+    elif how.start == "network":
         h_net, w_net = (int(x) for x in initialiser.config.input_size)  # the render at the network's size
         crop = sample["rgb"] if (h_in, w_in) == (h_net, w_net) else cv2.resize(
             sample["rgb"], (w_net, h_net), interpolation=cv2.INTER_CUBIC)
@@ -163,7 +197,9 @@ def evaluate_fit(name: str, data_dirs, split: str = "test", limit: int = 0, devi
         rows.append({"file": row["file"], "seconds": got["seconds"], **sample_errors(sample, got["fitted"].vertices)})
     from train.evaluate_mesh import KEYS
 
-    out = {"model": name, "variant": f"fit from {initialiser}" if variant(name).from_network else "fit from rest",
+    start = variant(name).start
+    out = {"model": name, "variant": f"fit from {initialiser if start == 'network' else start}"
+                                     + (f" (keep pose {KEEP_POSE})" if start == "animator" else ""),
            "samples": len(rows), "split": split, "no_person": failed}
     for k in (*KEYS, "iou", "seconds"):
         vals = [r[k] for r in rows]
