@@ -128,6 +128,7 @@ def test_refit_ablation_starts_near_the_truth_and_keeps_to_it():
     full, refit = variant("fit"), variant("fit-refit-10")
     assert (refit.start, refit.turn_deg, refit.priors["init"]) == ("animator", 10.0, KEEP_POSE)
     assert refit._replace(start="network", turn_deg=0.0, priors=full.priors) == full
+    assert variant("fit-refit-10-as-is") == refit._replace(refine=False)  # the animator's pose, unfitted
     rng = np.random.default_rng(0)
     truth = FitParams(np.full(6, 0.5), rng.normal(0, 0.3, (17, 3)), np.array([0.1, 0.2, 3.0]), 40.0, np.zeros(2))
     pose, rotation = animator_pose(truth, 10.0, seed=7)

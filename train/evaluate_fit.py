@@ -17,7 +17,8 @@ instead of HumanMeshNet). `fit-truth-start` is an analysis, not a result: it sta
 and orientation (`train.fit_noise.truth_params`), so it says where the evidence's own minimum lies, apart from the
 search that has to find it. `fit-refit-5` and `fit-refit-10` measure the add-on's "Refit to Photo": the true pose
 with every bone turned by a random 5 or 10 degrees (per axis, seeded by the sample) and the orientation by 3 stands
-in for a pose an animator corrected by hand, and the fit starts there with the pull `core.bodyfit.KEEP_POSE`.
+in for a pose an animator corrected by hand, and the fit starts there with the pull `core.bodyfit.KEEP_POSE`;
+`fit-refit-5-as-is` / `fit-refit-10-as-is` measure that start unfitted (the animator's pose without the refit).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from train.samples import read_sample
 
 IOU_SHAPE = (64, 64, 64)
 ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-lifter", "fit-no-world", "fit-no-pose-prior",
-             "fit-no-elevation", "fit-no-shape", "fit-rest-init", "fit-truth-start", "fit-refit-5", "fit-refit-10")
+             "fit-no-elevation", "fit-no-shape", "fit-rest-init", "fit-truth-start", "fit-refit-5", "fit-refit-10", "fit-refit-5-as-is", "fit-refit-10-as-is")
 STARTS = {"fit-rest-init": "rest", "fit-truth-start": "truth",  # the others start from HumanMeshNet ("network")
-          "fit-refit-5": "animator", "fit-refit-10": "animator"}
+          **{name: "animator" for name in ABLATIONS if name.startswith("fit-refit-")}}
 GLOBAL_TURN_DEG = 3.0  # an animator's start: the orientation's error (the bones' is in the model name)
 
 
@@ -57,6 +58,7 @@ class Variant(NamedTuple):
     lifter: bool  # the pose lifter's directions
     world: bool  # mediapipe's world landmarks' directions
     turn_deg: float = 0.0  # "animator": the bones' random turn away from the truth
+    refine: bool = True  # False: the start as it is, unfitted
 
 
 def variant(name: str) -> Variant:
@@ -78,9 +80,9 @@ def variant(name: str) -> Variant:
         stages = [s for s in stages if "shape" not in s.free]
     elif name.startswith("fit-refit-"):
         priors.update(init=KEEP_POSE)
-    turn = float(name.removeprefix("fit-refit-")) if name.startswith("fit-refit-") else 0.0
+    turn = float(name.removeprefix("fit-refit-").removesuffix("-as-is")) if name.startswith("fit-refit-") else 0.0
     return Variant(tuple(stages), priors, STARTS.get(name, "network"), name != "fit-no-lifter", name != "fit-no-world",
-                   turn)
+                   turn, not name.endswith("-as-is"))
 
 
 def animator_pose(truth, turn_deg: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +131,7 @@ def fit_sample(sample: dict, name: str, initialiser, device) -> dict:
         pose, rotation = pose_from_body(verts)
         start = initial_params(ev, pose=pose, global_rotation=rotation)
     t = time.perf_counter()
-    fitted = fit_body(ev, init=start, stages=how.stages, priors=how.priors)
+    fitted = fit_body(ev, init=start, stages=how.stages, priors=how.priors, refine=how.refine)
     return {"fitted": fitted, "seconds": time.perf_counter() - t}
 
 
@@ -199,7 +201,8 @@ def evaluate_fit(name: str, data_dirs, split: str = "test", limit: int = 0, devi
 
     start = variant(name).start
     out = {"model": name, "variant": f"fit from {initialiser if start == 'network' else start}"
-                                     + (f" (keep pose {KEEP_POSE})" if start == "animator" else ""),
+                                     + (f" (keep pose {KEEP_POSE})" if start == "animator" else "")
+                                     + ("" if variant(name).refine else ", unfitted"),
            "samples": len(rows), "split": split, "no_person": failed}
     for k in (*KEYS, "iou", "seconds"):
         vals = [r[k] for r in rows]
