@@ -274,9 +274,9 @@ def armature_pose(arm_obj: bpy.types.Object) -> dict:
     bones = arm_obj.data.bones
     names = [b.name for b in bones]
     parents = [names.index(b.parent.name) if b.parent is not None else -1 for b in bones]
-    pose = [(np.array(arm_obj.pose.bones[b.name].matrix, np.float64) @ np.linalg.inv(np.array(b.matrix_local, np.float64)))
-            .tolist() for b in bones]
-    return {"names": names, "parents": parents, "pose": pose}
+    posed = np.array([arm_obj.pose.bones[b.name].matrix for b in bones], np.float64)
+    pose = posed @ np.linalg.inv(np.array([b.matrix_local for b in bones], np.float64))
+    return {"names": names, "parents": parents, "pose": pose.tolist()}
 
 
 def pose_armature(arm_obj: bpy.types.Object, pose, names, parents) -> None:

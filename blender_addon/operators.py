@@ -43,25 +43,31 @@ def photo_for(props, out_dir: Path) -> str:
     return path
 
 
-def make_request(context) -> dict:
-    """What core runs, from the panel as it is now."""
+def _request_for(context, photo: str) -> dict:
+    """The fields every request takes from the panel and the preferences: the photo, device, size, output."""
     props = context.scene.monohuman
     prefs = get_prefs(context)
-    photo = photo_for(props, paths.results_dir())
-    python = backend_python(prefs)
     return {
         "photo": photo,
-        "model": props.model.strip() or "default",  # a name is searched in model_dirs by the backend
-        "method": props.method,
         "device": prefs.device.lower(),
         "subject_height": float(props.subject_height),
         "smoothing": int(props.smoothing),
         "face_budget": int(props.face_budget) or None,
+        "output": str(jobs.new_output_path(photo)),
+        "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, backend_python(prefs))],
+    }
+
+
+def make_request(context) -> dict:
+    """What core runs, from the panel as it is now."""
+    props = context.scene.monohuman
+    return {
+        **_request_for(context, photo_for(props, paths.results_dir())),
+        "model": props.model.strip() or "default",  # a name is searched in model_dirs by the backend
+        "method": props.method,
         "rig": bool(props.add_armature) and props.method == "vrn",  # the other methods always rig
         "body_parts": bool(props.body_parts),  # VRN only: hands and feet from the fitted body
         "match_mask": bool(props.match_mask),  # VRN only: the volume keeps to the person mask
-        "output": str(jobs.new_output_path(photo)),
-        "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
     }
 
 
@@ -77,18 +83,9 @@ def make_refit_request(context) -> dict:
         raise jobs.JobError(f"The photo this body was fitted to is gone: {photo}.",
                             "Put the photo back at that path, or reconstruct from the photo again.", kind="InputError")
     context.view_layer.update()  # the pose bones' matrices as shown
-    props = context.scene.monohuman
-    prefs = get_prefs(context)
-    python = backend_python(prefs)
-    return {
-        "photo": photo, "model": "default", "method": "fit", "device": prefs.device.lower(),
-        "subject_height": float(props.subject_height), "smoothing": int(props.smoothing),
-        "face_budget": int(props.face_budget) or None,
-        "init": json.loads(rig[build_mesh.FIT_PARAMS_PROP]), "init_pose": build_mesh.armature_pose(rig),
-        "keep_pose": float(props.keep_pose),
-        "output": str(jobs.new_output_path(photo)),
-        "model_dirs": [str(d) for d in paths.model_dirs(prefs.models_dir, python)],
-    }
+    return {**_request_for(context, photo), "model": "default", "method": "fit",
+            "init": json.loads(rig[build_mesh.FIT_PARAMS_PROP]), "init_pose": build_mesh.armature_pose(rig),
+            "keep_pose": float(context.scene.monohuman.keep_pose)}
 
 
 def make_options(context, photo: str) -> dict:

@@ -183,16 +183,17 @@ def params_from_armature_pose(params: FitParams, names, parents, pose) -> FitPar
     except (TypeError, ValueError):
         pose = None
     if pose is None or pose.shape != (len(names), 4, 4) or len(parents) != len(names) or not np.isfinite(pose).all():
-        raise InputError("The armature's pose does not match its bones.", "Re-import the fitted body and pose it again.")
+        raise InputError("The armature's pose does not match its bones.",
+                         "Re-import the fitted body and pose it again.")
     roots = np.flatnonzero(parents < 0)
     missing = [b for b in FIT_BONES if b not in names]
     if len(roots) != 1 or missing:
-        raise InputError(f"The armature is not a fitted Anny rig ({'bones missing: ' + ', '.join(missing) if missing else 'not one root'}).",
+        why = f"bones missing: {', '.join(missing)}" if missing else "not one root"
+        raise InputError(f"The armature is not a fitted Anny rig ({why}).",
                          "Refit from an armature made by the fitted body method.")
-
-    def rotation(m):  # the rotation of a scaled rigid transform (nearest proper rotation)
-        u, _, vt = np.linalg.svd(m[:3, :3])
-        return u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    u, _, vt = np.linalg.svd(pose[:, :3, :3])  # each bone's rotation, without the rig's scale
+    u[:, :, 2] *= np.sign(np.linalg.det(u @ vt))[:, None]
+    rotations = u @ vt
 
     fitted = set(FIT_BONES)
     out = np.zeros((len(FIT_BONES), 3))
@@ -201,8 +202,8 @@ def params_from_armature_pose(params: FitParams, names, parents, pose) -> FitPar
         a = parents[j]
         while a >= 0 and names[a] not in fitted and parents[a] >= 0:
             a = parents[a]
-        out[i] = Rotation.from_matrix(rotation(pose[a]).T @ rotation(pose[j])).as_rotvec()
-    glob = Rotation.from_matrix(rotation(pose[roots[0]])).as_rotvec()
+        out[i] = Rotation.from_matrix(rotations[a].T @ rotations[j]).as_rotvec()
+    glob = Rotation.from_matrix(rotations[roots[0]]).as_rotvec()
     return FitParams(params.phenotype.copy(), out, glob, params.scale, params.translation.copy())
 
 

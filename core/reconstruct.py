@@ -292,7 +292,8 @@ def fit_person(rgb: np.ndarray, det: Detection, initialiser: LoadedModel | None,
     frame. It starts from `init` (FitParams or a path to their JSON) when given, else from the HumanMeshNet
     prediction of `initialiser`, else from Anny's rest pose. A refit from `init` keeps its pose, orientation and
     phenotype but places the camera again (the crop may differ from the first fit's); `keep_pose` weighs the pull
-    towards the starting pose (default `PRIOR_WEIGHTS["init"]`; `core.bodyfit.KEEP_POSE` for a pose an animator corrected)."""
+    towards the starting pose (default `PRIOR_WEIGHTS["init"]`; `core.bodyfit.KEEP_POSE` for a pose an animator
+    corrected)."""
     from core.bodyfit import (PRIOR_WEIGHTS, FitParams, evidence_from_detection, fit_body, initial_params,
                               pose_from_body, read_params)
 

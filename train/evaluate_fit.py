@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.bodyfit import KEEP_POSE, PRIOR_WEIGHTS, STAGES, evidence_from_detection, fit_body, initial_params, pose_from_body
+from core.bodyfit import (KEEP_POSE, PRIOR_WEIGHTS, STAGES, evidence_from_detection, fit_body, initial_params,
+                          pose_from_body)
 from core.errors import NoPersonError
 from train.dataset import read_manifest
 from train.detections import detect_render
@@ -40,7 +41,8 @@ from train.samples import read_sample
 
 IOU_SHAPE = (64, 64, 64)
 ABLATIONS = ("fit", "fit-no-silhouette", "fit-no-directions", "fit-no-lifter", "fit-no-world", "fit-no-pose-prior",
-             "fit-no-elevation", "fit-no-shape", "fit-rest-init", "fit-truth-start", "fit-refit-5", "fit-refit-10", "fit-refit-5-as-is", "fit-refit-10-as-is")
+             "fit-no-elevation", "fit-no-shape", "fit-rest-init", "fit-truth-start",
+             "fit-refit-5", "fit-refit-10", "fit-refit-5-as-is", "fit-refit-10-as-is")
 STARTS = {"fit-rest-init": "rest", "fit-truth-start": "truth",  # the others start from HumanMeshNet ("network")
           **{name: "animator" for name in ABLATIONS if name.startswith("fit-refit-")}}
 GLOBAL_TURN_DEG = 3.0  # an animator's start: the orientation's error (the bones' is in the model name)
